@@ -1,0 +1,3 @@
+from gpcrun.cli.main import main
+
+main()

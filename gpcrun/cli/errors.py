@@ -1,0 +1,39 @@
+"""The one table that maps error types to exit codes. Documented in README.md (Exit codes)."""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from ..errors import GGUFError, GpcrunError, ModelFileError, ServerBinaryNotFound
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2  # click's own code for bad options
+
+# Most specific first: the first isinstance match wins.
+EXIT_CODES: list[tuple[type[BaseException], int]] = [
+    (ModelFileError, 3),
+    (GGUFError, 4),  # MissingShardError included
+    (ServerBinaryNotFound, 5),
+    (GpcrunError, 1),
+]
+
+
+def exit_code_for(err: BaseException) -> int:
+    for etype, code in EXIT_CODES:
+        if isinstance(err, etype):
+            return code
+    return EXIT_INTERNAL
+
+
+def report(err: BaseException) -> int:
+    """Print one line (a traceback too with GPCRUN_DEBUG=1) and return the exit code."""
+    if os.environ.get("GPCRUN_DEBUG") == "1":
+        traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
+    if isinstance(err, GpcrunError):
+        print(f"gpcrun: error: {err}", file=sys.stderr)
+    else:
+        print(f"gpcrun: internal error: {type(err).__name__}: {err} (GPCRUN_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+    return exit_code_for(err)

@@ -1,0 +1,43 @@
+"""gpcrun command line: thin click commands that parse, call the library and print (text or --json)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .. import __version__
+from .errors import report
+
+
+class _Group(click.Group):
+    def main(self, *args, **kwargs):  # every command: one-line errors and table-driven exit codes
+        kwargs.setdefault("standalone_mode", True)
+        try:
+            return super().main(*args, standalone_mode=False, **{k: v for k, v in kwargs.items()
+                                                                 if k != "standalone_mode"})
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            print("gpcrun: aborted", file=sys.stderr)
+            sys.exit(130)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except Exception as e:  # noqa: BLE001 - mapped to a documented exit code
+            sys.exit(report(e))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gpcrun")
+def main() -> None:
+    """Plan, launch, supervise and measure llama.cpp's llama-server."""
+
+
+def emit_json(doc: object) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
+from . import inspect_cmd  # noqa: E402,F401  (registers commands)
