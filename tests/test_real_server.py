@@ -1,0 +1,76 @@
+"""The real llama-server on the demo model and the generated tiny models: it answers, and its own
+accounting of weights, tensor types and KV cache matches what gpcrun reads from the header."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from gpcrun.model import load_model
+from tests.llama_server import RealServer
+
+pytestmark = pytest.mark.server
+
+MIB = 1 << 20
+
+
+def _server_figures(log: str) -> dict:
+    model = sum(float(m) for m in re.findall(r"model buffer size =\s+([\d.]+) MiB", log))
+    kv = sum(float(m) for m in re.findall(r"KV buffer size =\s+([\d.]+) MiB", log))
+    types = {t.upper(): int(n) for t, n in re.findall(r"- type\s+(\w+):\s+(\d+) tensors", log)}
+    return {"model_mib": model, "kv_mib": kv, "types": types}
+
+
+def _check_against_header(model_path, log: str, n_ctx: int) -> None:
+    info = load_model(model_path)
+    fig = _server_figures(log)
+    # llama.cpp prints MiB with 2 decimals: agree to the rounding
+    assert abs(fig["model_mib"] - info.tensor_bytes / MIB) <= 0.006, (fig, info.tensor_bytes)
+    counts: dict[str, int] = {}
+    for t in info.tensors:
+        counts[t.type_name] = counts.get(t.type_name, 0) + 1
+    assert fig["types"] == counts
+    kv_bytes = sum(l.k_bytes_per_token + l.v_bytes_per_token for l in info.kv_layers("f16")) * n_ctx
+    assert abs(fig["kv_mib"] - kv_bytes / MIB) <= 0.006, (fig, kv_bytes)
+
+
+def test_smollm2_answers_and_matches_header(llama_server_bin, smollm2, tmp_path):
+    with RealServer(llama_server_bin, smollm2, "-c", "2048", "-np", "1", log_path=tmp_path / "server.log") as srv:
+        out = srv.complete("The capital of France is", n_predict=12, temperature=0)
+        assert out["timings"]["predicted_n"] == 12
+        assert out["timings"]["cache_n"] == 0
+        assert "Paris" in out["content"]
+        log = srv.log()
+    _check_against_header(smollm2, log, 2048)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama-f16", "tiny-llama-q8_0", "tiny-llama-q4_k_m",
+                                  "tiny-qwen3moe-f16", "tiny-qwen3moe-q8_0", "tiny-qwen3moe-q4_k_m"])
+def test_tiny_models_answer_and_match_header(llama_server_bin, tiny_models, tmp_path, name):
+    path = tiny_models[name]
+    with RealServer(llama_server_bin, path, "-c", "512", "-np", "1", log_path=tmp_path / "server.log") as srv:
+        out = srv.complete("Hello", n_predict=8)
+        assert out["timings"]["predicted_n"] == 8
+        log = srv.log()
+    _check_against_header(path, log, 512)
+
+
+def test_binary_resolution_order(tmp_path, llama_server_bin, monkeypatch):
+    from gpcrun.errors import ServerBinaryNotFound
+    from gpcrun.launch.binary import find_tool
+
+    fake = tmp_path / "bin" / "llama-server"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    assert find_tool(explicit=str(fake)) == fake  # --server-bin wins
+    assert find_tool(env={"GPCRUN_LLAMA_SERVER": str(fake), "PATH": ""}) == fake
+    with pytest.raises(ServerBinaryNotFound):
+        find_tool(explicit=str(tmp_path / "nope"))
+    # nothing anywhere: the error lists every place tried
+    with pytest.raises(ServerBinaryNotFound) as ei:
+        find_tool(env={"GPCRUN_CACHE": str(tmp_path / "empty"), "PATH": str(tmp_path / "nowhere")})
+    msg = str(ei.value)
+    assert "GPCRUN_LLAMA_SERVER" in msg and "build cache" in msg and "PATH" in msg
+    # the cache pointer written by scripts/build_llama.py is found
+    assert find_tool(env={"PATH": ""}) == llama_server_bin
