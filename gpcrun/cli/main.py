@@ -41,3 +41,4 @@ def emit_json(doc: object) -> None:
 
 
 from . import inspect_cmd  # noqa: E402,F401  (registers commands)
+from . import profile_cmd  # noqa: E402,F401
