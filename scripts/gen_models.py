@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Generate tiny random-weight GGUF models (dense llama, qwen3moe) in f16, Q8_0 and Q4_K_M.
+"""Generate tiny random-weight GGUF models: dense llama and qwen3moe in f16, Q8_0 and Q4_K_M; gemma3 (SWA),
+qwen2moe (shared experts), deepseek2 (MLA, dense-first + MoE) and mamba2 (recurrent) in f16 and Q8_0.
 
 Deterministic: fixed seeds, so the same script + vocab + llama-quantize give byte-identical files.
 Output: OUT/<key>/<name>.gguf, key = sha256(script, vocab, llama-quantize)[:16]; an existing full set is reused.
@@ -29,14 +30,36 @@ N_VOCAB = 8192
 STD = 0.02
 QUANTS = {"q8_0": "Q8_0", "q4_k_m": "Q4_K_M"}
 
-# name -> hparams; dims are multiples of 256 so k-quants apply to every matrix.
+# name -> hparams. Matrix rows (ggml ne0) are multiples of 256 wherever a k-quant is asked for, and of 32
+# (one Q8_0 block) everywhere else; llama-quantize leaves a tensor it cannot quantize in its source type.
+# Metadata and tensor layout follow what convert_hf_to_gguf writes for each architecture.
 SPECS = {
     "tiny-llama": dict(arch="llama", seed=1, n_embd=256, n_layer=4, n_head=4, n_head_kv=2, head_dim=64,
-                       n_ff=512, n_ctx=4096, rope_base=10000.0),
+                       n_ff=512, n_ctx=4096, rope_base=10000.0, quants=("q8_0", "q4_k_m")),
     "tiny-qwen3moe": dict(arch="qwen3moe", seed=2, n_embd=256, n_layer=4, n_head=4, n_head_kv=2, head_dim=64,
-                          n_ff=512, n_ctx=4096, rope_base=1000000.0, n_expert=8, n_expert_used=2, n_ff_exp=256),
+                          n_ff=512, n_ctx=4096, rope_base=1000000.0, n_expert=8, n_expert_used=2, n_ff_exp=256,
+                          quants=("q8_0", "q4_k_m")),
+    # Sliding-window attention: gemma3's built-in pattern of 6 makes layers 0-4 SWA and layer 5 full.
+    # MQA with a Q width (n_head*head_dim) above n_embd, and tied embeddings (no output.weight), as in Gemma 3.
+    "tiny-gemma3": dict(arch="gemma3", seed=3, n_embd=256, n_layer=6, n_head=4, n_head_kv=1, head_dim=128,
+                        n_ff=512, n_ctx=32768, rope_base=1000000.0, rope_base_swa=10000.0, sliding_window=128,
+                        quants=("q8_0",)),
+    # MoE with a gated shared expert (ffn_*_shexp, ffn_gate_inp_shexp) and Q/K/V biases; no key_length
+    # key, like a converted Qwen1.5-MoE: the head size comes from n_embd / n_head.
+    "tiny-qwen2moe": dict(arch="qwen2moe", seed=4, n_embd=256, n_layer=4, n_head=4, n_head_kv=2, head_dim=64,
+                          n_ff=512, n_ctx=4096, rope_base=1000000.0, n_expert=8, n_expert_used=2, n_ff_exp=256,
+                          n_ff_shexp=512, quants=("q8_0",)),
+    # DeepSeek-V3 layout: MLA with q_lora, absorbed attn_k_b / attn_v_b, one leading dense block, then MoE with
+    # one shared expert and sigmoid routing with exp_probs_b. KV is stored as MQA of width kv_lora_rank + rope.
+    "tiny-deepseek2": dict(arch="deepseek2", seed=5, n_embd=256, n_layer=4, n_head=4, n_ff=512, n_ctx=4096,
+                           rope_base=10000.0, q_lora_rank=128, kv_lora_rank=128, qk_rope_head_dim=32,
+                           qk_nope_head_dim=64, v_head_dim=64, n_dense_lead=1, n_expert=8, n_expert_used=2,
+                           n_ff_exp=256, n_expert_shared=1, expert_weights_scale=2.5, quants=("q8_0",)),
+    # Mamba-2: recurrent, no attention; 8 heads of 64 (time_step_rank = d_inner / head_dim), 2 groups.
+    "tiny-mamba": dict(arch="mamba2", seed=6, n_embd=256, n_layer=4, n_ctx=1048576, d_inner=512, d_state=64,
+                        d_conv=4, head_dim=64, n_group=2, quants=("q8_0",)),
 }
-MODEL_NAMES = [f"{base}-{q}" for base in SPECS for q in ("f16", *QUANTS)]
+MODEL_NAMES = [f"{base}-{q}" for base, spec in SPECS.items() for q in ("f16", *spec["quants"])]
 
 
 def log(msg: str) -> None:
@@ -87,79 +110,197 @@ def load_vocab(vocab_path: Path) -> list[tuple[str, object, object, object]]:
     return out
 
 
-def tensors_for(spec: dict) -> list[tuple[str, tuple[int, ...], str]]:
-    """(name, numpy shape, kind) in writing order; numpy shapes are ggml dims reversed.
+# Tensor kinds (what tensors_for returns and write_f16 fills in):
+#   "f16"  random N(0, STD), stored f16 (every matrix llama-quantize may quantize)
+#   "f32"  random N(0, STD), kept f32 as convert_hf_to_gguf does (routers, biases, conv1d)
+#   "norm" ones, f32
+#   "ssm_a", "ssm_dt_b": Mamba-2 A (negative decay rates) and dt bias (inverse softplus of dt), f32
+def _attn_qkvo(b: str, e: int, nh: int, nkv: int, hd: int, bias: bool = False) -> list:
+    ts = [(f"{b}.attn_q.weight", (nh * hd, e), "f16"),
+          (f"{b}.attn_k.weight", (nkv * hd, e), "f16"),
+          (f"{b}.attn_v.weight", (nkv * hd, e), "f16")]
+    if bias:
+        ts += [(f"{b}.attn_q.bias", (nh * hd,), "f32"),
+               (f"{b}.attn_k.bias", (nkv * hd,), "f32"),
+               (f"{b}.attn_v.bias", (nkv * hd,), "f32")]
+    return ts + [(f"{b}.attn_output.weight", (e, nh * hd), "f16")]
 
-    kind: "norm" (f32 ones), "f32" (random, kept f32 like convert_hf_to_gguf does) or "f16" (random).
-    """
-    e, hd, nh, nkv = spec["n_embd"], spec["head_dim"], spec["n_head"], spec["n_head_kv"]
-    moe = spec["arch"] == "qwen3moe"
+
+def _ffn(b: str, e: int, ff: int, suffix: str = "") -> list:
+    return [(f"{b}.ffn_gate{suffix}.weight", (ff, e), "f16"),
+            (f"{b}.ffn_down{suffix}.weight", (e, ff), "f16"),
+            (f"{b}.ffn_up{suffix}.weight", (ff, e), "f16")]
+
+
+def _experts(b: str, e: int, ne: int, ff: int) -> list:
+    return [(f"{b}.ffn_gate_inp.weight", (ne, e), "f32"),
+            (f"{b}.ffn_gate_exps.weight", (ne, ff, e), "f16"),
+            (f"{b}.ffn_down_exps.weight", (ne, e, ff), "f16"),
+            (f"{b}.ffn_up_exps.weight", (ne, ff, e), "f16")]
+
+
+def tensors_for(spec: dict) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, numpy shape, kind) in writing order; numpy shapes are ggml dims reversed (see the kinds above)."""
+    arch, e = spec["arch"], spec["n_embd"]
     ts = [("token_embd.weight", (N_VOCAB, e), "f16")]
     for i in range(spec["n_layer"]):
         b = f"blk.{i}"
-        ts += [
-            (f"{b}.attn_norm.weight", (e,), "norm"),
-            (f"{b}.attn_q.weight", (nh * hd, e), "f16"),
-            (f"{b}.attn_k.weight", (nkv * hd, e), "f16"),
-            (f"{b}.attn_v.weight", (nkv * hd, e), "f16"),
-            (f"{b}.attn_output.weight", (e, nh * hd), "f16"),
-        ]
-        if moe:
-            ne, ff = spec["n_expert"], spec["n_ff_exp"]
-            ts += [
-                (f"{b}.attn_q_norm.weight", (hd,), "norm"),
-                (f"{b}.attn_k_norm.weight", (hd,), "norm"),
-                (f"{b}.ffn_norm.weight", (e,), "norm"),
-                (f"{b}.ffn_gate_inp.weight", (ne, e), "f32"),
-                (f"{b}.ffn_gate_exps.weight", (ne, ff, e), "f16"),
-                (f"{b}.ffn_down_exps.weight", (ne, e, ff), "f16"),
-                (f"{b}.ffn_up_exps.weight", (ne, ff, e), "f16"),
-            ]
+        ts.append((f"{b}.attn_norm.weight", (e,), "norm"))
+        if arch in ("llama", "qwen3moe"):
+            hd, nh, nkv = spec["head_dim"], spec["n_head"], spec["n_head_kv"]
+            ts += _attn_qkvo(b, e, nh, nkv, hd)
+            if arch == "qwen3moe":
+                ts += [(f"{b}.attn_q_norm.weight", (hd,), "norm"),
+                       (f"{b}.attn_k_norm.weight", (hd,), "norm"),
+                       (f"{b}.ffn_norm.weight", (e,), "norm")]
+                ts += _experts(b, e, spec["n_expert"], spec["n_ff_exp"])
+            else:
+                ts += [(f"{b}.ffn_norm.weight", (e,), "norm")] + _ffn(b, e, spec["n_ff"])
+        elif arch == "gemma3":
+            hd, nh, nkv = spec["head_dim"], spec["n_head"], spec["n_head_kv"]
+            ts += _attn_qkvo(b, e, nh, nkv, hd)
+            ts += [(f"{b}.attn_q_norm.weight", (hd,), "norm"),
+                   (f"{b}.attn_k_norm.weight", (hd,), "norm"),
+                   (f"{b}.post_attention_norm.weight", (e,), "norm"),
+                   (f"{b}.ffn_norm.weight", (e,), "norm")]
+            ts += _ffn(b, e, spec["n_ff"])
+            ts += [(f"{b}.post_ffw_norm.weight", (e,), "norm")]
+        elif arch == "qwen2moe":
+            hd, nh, nkv = spec["head_dim"], spec["n_head"], spec["n_head_kv"]
+            ts += _attn_qkvo(b, e, nh, nkv, hd, bias=True)
+            ts += [(f"{b}.ffn_norm.weight", (e,), "norm")]
+            ts += _experts(b, e, spec["n_expert"], spec["n_ff_exp"])
+            # shared_expert_gate is a Linear(hidden, 1): ggml {n_embd, 1}, kept f32 like the router
+            ts += [(f"{b}.ffn_gate_inp_shexp.weight", (1, e), "f32")]
+            ts += _ffn(b, e, spec["n_ff_shexp"], "_shexp")
+        elif arch == "deepseek2":
+            nh, qr, kvr = spec["n_head"], spec["q_lora_rank"], spec["kv_lora_rank"]
+            rope, nope, vd = spec["qk_rope_head_dim"], spec["qk_nope_head_dim"], spec["v_head_dim"]
+            ts += [(f"{b}.attn_q_a_norm.weight", (qr,), "norm"),
+                   (f"{b}.attn_kv_a_norm.weight", (kvr,), "norm"),
+                   (f"{b}.attn_q_a.weight", (qr, e), "f16"),
+                   (f"{b}.attn_q_b.weight", (nh * (nope + rope), qr), "f16"),
+                   (f"{b}.attn_kv_a_mqa.weight", (kvr + rope, e), "f16"),
+                   # kv_b_proj split for the absorbed MLA path: k_b transposed, ggml {nope, kv_lora, n_head};
+                   # v_b as ggml {kv_lora, v_head_dim, n_head}
+                   (f"{b}.attn_k_b.weight", (nh, kvr, nope), "f16"),
+                   (f"{b}.attn_v_b.weight", (nh, vd, kvr), "f16"),
+                   (f"{b}.attn_output.weight", (e, nh * vd), "f16"),
+                   (f"{b}.ffn_norm.weight", (e,), "norm")]
+            if i < spec["n_dense_lead"]:
+                ts += _ffn(b, e, spec["n_ff"])
+            else:
+                ts += _experts(b, e, spec["n_expert"], spec["n_ff_exp"])
+                ts += [(f"{b}.exp_probs_b.bias", (spec["n_expert"],), "f32")]
+                ts += _ffn(b, e, spec["n_ff_exp"] * spec["n_expert_shared"], "_shexp")
+        elif arch == "mamba2":
+            di, ds, ng, dc = spec["d_inner"], spec["d_state"], spec["n_group"], spec["d_conv"]
+            nh = di // spec["head_dim"]
+            conv = di + 2 * ng * ds
+            ts += [(f"{b}.ssm_in.weight", (di + conv + nh, e), "f16"),
+                   (f"{b}.ssm_conv1d.weight", (conv, dc), "f32"),
+                   (f"{b}.ssm_conv1d.bias", (conv,), "f32"),
+                   (f"{b}.ssm_dt.bias", (nh,), "ssm_dt_b"),
+                   (f"{b}.ssm_a", (nh, 1), "ssm_a"),
+                   (f"{b}.ssm_d", (nh, 1), "norm"),
+                   (f"{b}.ssm_norm.weight", (ng, di // ng), "norm"),
+                   (f"{b}.ssm_out.weight", (e, di), "f16")]
         else:
-            ff = spec["n_ff"]
-            ts += [
-                (f"{b}.ffn_norm.weight", (e,), "norm"),
-                (f"{b}.ffn_gate.weight", (ff, e), "f16"),
-                (f"{b}.ffn_down.weight", (e, ff), "f16"),
-                (f"{b}.ffn_up.weight", (ff, e), "f16"),
-            ]
-    ts += [("output_norm.weight", (e,), "norm"), ("output.weight", (N_VOCAB, e), "f16")]
+            raise ValueError(f"no tensor layout for arch {arch}")
+    ts.append(("output_norm.weight", (e,), "norm"))
+    if arch != "gemma3":  # gemma3 ties the output to token_embd
+        ts.append(("output.weight", (N_VOCAB, e), "f16"))
     return ts
 
 
-def write_f16(path: Path, name: str, spec: dict, vocab: list) -> None:
+def write_metadata(w: "gguf.GGUFWriter", spec: dict) -> None:
     arch = spec["arch"]
-    w = gguf.GGUFWriter(path, arch)
-    w.add_name(name)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     w.add_vocab_size(N_VOCAB)
     w.add_context_length(spec["n_ctx"])
     w.add_embedding_length(spec["n_embd"])
     w.add_block_count(spec["n_layer"])
+    if arch == "mamba2":
+        # as convert_hf_to_gguf's Mamba2Model: no attention, n_ff and n_head written as 0
+        w.add_feed_forward_length(0)
+        w.add_head_count(0)
+        w.add_ssm_conv_kernel(spec["d_conv"])
+        w.add_ssm_inner_size(spec["d_inner"])
+        w.add_ssm_state_size(spec["d_state"])
+        w.add_ssm_time_step_rank(spec["d_inner"] // spec["head_dim"])
+        w.add_ssm_group_count(spec["n_group"])
+        w.add_layer_norm_rms_eps(1e-5)
+        return
     w.add_feed_forward_length(spec["n_ff"])
     w.add_head_count(spec["n_head"])
+    if arch == "deepseek2":
+        kvr, rope = spec["kv_lora_rank"], spec["qk_rope_head_dim"]
+        # MLA is stored as MQA over the compressed latent: one KV head of kv_lora_rank + rope (K),
+        # V a view of its first kv_lora_rank values; the *_mla lengths are the decompressed head sizes.
+        w.add_head_count_kv(1)
+        w.add_leading_dense_block_count(spec["n_dense_lead"])
+        w.add_q_lora_rank(spec["q_lora_rank"])
+        w.add_kv_lora_rank(kvr)
+        w.add_key_length(kvr + rope)
+        w.add_value_length(kvr)
+        w.add_key_length_mla(spec["qk_nope_head_dim"] + rope)
+        w.add_value_length_mla(spec["v_head_dim"])
+        w.add_expert_feed_forward_length(spec["n_ff_exp"])
+        w.add_expert_count(spec["n_expert"])
+        w.add_expert_used_count(spec["n_expert_used"])
+        w.add_expert_shared_count(spec["n_expert_shared"])
+        w.add_expert_weights_scale(spec["expert_weights_scale"])
+        w.add_expert_weights_norm(True)
+        w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
+        w.add_rope_dimension_count(rope)
+        w.add_rope_freq_base(spec["rope_base"])
+        w.add_layer_norm_rms_eps(1e-6)
+        return
     w.add_head_count_kv(spec["n_head_kv"])
-    w.add_key_length(spec["head_dim"])
-    w.add_value_length(spec["head_dim"])
-    w.add_rope_dimension_count(spec["head_dim"])
+    if arch != "qwen2moe":
+        w.add_key_length(spec["head_dim"])
+        w.add_value_length(spec["head_dim"])
+    if arch in ("llama", "qwen3moe"):
+        w.add_rope_dimension_count(spec["head_dim"])
     w.add_rope_freq_base(spec["rope_base"])
     w.add_layer_norm_rms_eps(1e-6)
-    if arch == "qwen3moe":
+    if arch == "gemma3":
+        w.add_rope_freq_base_swa(spec["rope_base_swa"])
+        w.add_sliding_window(spec["sliding_window"])
+    if arch in ("qwen3moe", "qwen2moe"):
         w.add_expert_count(spec["n_expert"])
         w.add_expert_used_count(spec["n_expert_used"])
         w.add_expert_feed_forward_length(spec["n_ff_exp"])
+    if arch == "qwen2moe":
+        w.add_expert_shared_feed_forward_length(spec["n_ff_shexp"])
+
+
+def tensor_data(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -> np.ndarray:
+    if kind == "norm":
+        # llama.cpp wants norm weights in f32; 1.0 keeps activations well scaled.
+        return np.ones(shape, dtype=np.float32)
+    if kind == "ssm_a":
+        # A = -exp(A_log), A_log ~ log U(1, 16), as Mamba-2 initialises it
+        return -np.exp(rng.uniform(0.0, np.log(16.0), shape)).astype(np.float32)
+    if kind == "ssm_dt_b":
+        # dt ~ log-uniform in [1e-3, 1e-1]; the bias is its inverse softplus
+        dt = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), shape))
+        return (dt + np.log(-np.expm1(-dt))).astype(np.float32)
+    data = rng.standard_normal(shape, dtype=np.float32) * np.float32(STD)
+    # Routers, biases and conv1d stay f32, as in real conversions; llama-quantize never touches them.
+    return data if kind == "f32" else data.astype(np.float16)
+
+
+def write_f16(path: Path, name: str, spec: dict, vocab: list) -> None:
+    w = gguf.GGUFWriter(path, spec["arch"])
+    w.add_name(name)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    write_metadata(w, spec)
     for key, val, vtype, sub in vocab:
         w.add_key_value(key, val, vtype, sub)
 
     rng = np.random.default_rng(spec["seed"])
     for tname, shape, kind in tensors_for(spec):
-        if kind == "norm":
-            # llama.cpp wants norm weights in f32; 1.0 keeps activations well scaled.
-            w.add_tensor(tname, np.ones(shape, dtype=np.float32))
-            continue
-        data = rng.standard_normal(shape, dtype=np.float32) * np.float32(STD)
-        # The MoE router stays f32, as in real conversions; llama-quantize never touches it.
-        w.add_tensor(tname, data if kind == "f32" else data.astype(np.float16))
+        w.add_tensor(tname, tensor_data(rng, shape, kind))
 
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -205,7 +346,8 @@ def generate(out_dir, quantize_bin, vocab_path, force: bool = False) -> dict:
         for base, spec in SPECS.items():
             write_f16(tmp / f"{base}-f16.gguf", base, spec, vocab)
             log(f"wrote {base}-f16.gguf ({time.monotonic() - t0:.1f}s)")
-        jobs = [(tmp / f"{b}-f16.gguf", tmp / f"{b}-{q}.gguf", qt) for b in SPECS for q, qt in QUANTS.items()]
+        jobs = [(tmp / f"{b}-f16.gguf", tmp / f"{b}-{q}.gguf", QUANTS[q])
+                for b, spec in SPECS.items() for q in spec["quants"]]
         with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
             for f in [pool.submit(quantize, quantize_bin, *j) for j in jobs]:
                 f.result()

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from gpcrun.model import load_model
+from gpcrun.plan import LayoutTable, Placement, context_bytes_by_device
 from tests.llama_server import RealServer
 
 pytestmark = pytest.mark.server
@@ -17,12 +18,12 @@ MIB = 1 << 20
 def _server_figures(log: str) -> dict:
     # --no-repack: otherwise q4_K/q4_0 weights move from CPU_Mapped into a CPU_REPACK buffer of another size
     model = sum(float(m) for m in re.findall(r"CPU_Mapped model buffer size =\s+([\d.]+) MiB", log))
-    kv = sum(float(m) for m in re.findall(r"KV buffer size =\s+([\d.]+) MiB", log))
+    kv = sum(float(m) for m in re.findall(r"(?:KV|RS) buffer size =\s+([\d.]+) MiB", log))
     types = {t.upper(): int(n) for t, n in re.findall(r"- type\s+(\w+):\s+(\d+) tensors", log)}
     return {"model_mib": model, "kv_mib": kv, "types": types}
 
 
-def _check_against_header(model_path, log: str, n_ctx: int) -> None:
+def _check_against_header(model_path, log: str, n_ctx: int, parallel: int = 1) -> None:
     info = load_model(model_path)
     fig = _server_figures(log)
     # llama.cpp prints MiB with 2 decimals: agree to the rounding
@@ -31,7 +32,8 @@ def _check_against_header(model_path, log: str, n_ctx: int) -> None:
     for t in info.tensors:
         counts[t.type_name] = counts.get(t.type_name, 0) + 1
     assert fig["types"] == counts
-    kv_bytes = sum(l.k_bytes_per_token + l.v_bytes_per_token for l in info.kv_layers("f16")) * n_ctx
+    pl = Placement(ngl=0, n_cpu_moe=0, ctx=n_ctx, type_k="f16", type_v="f16", parallel=parallel)
+    kv_bytes = context_bytes_by_device(LayoutTable(info), pl, 0)[0]
     assert abs(fig["kv_mib"] - kv_bytes / MIB) <= 0.006, (fig, kv_bytes)
 
 
@@ -45,15 +47,19 @@ def test_smollm2_answers_and_matches_header(llama_server_bin, smollm2, tmp_path)
     _check_against_header(smollm2, log, 2048)
 
 
-@pytest.mark.parametrize("name", ["tiny-llama-f16", "tiny-llama-q8_0", "tiny-llama-q4_k_m",
-                                  "tiny-qwen3moe-f16", "tiny-qwen3moe-q8_0", "tiny-qwen3moe-q4_k_m"])
-def test_tiny_models_answer_and_match_header(llama_server_bin, tiny_models, tmp_path, name):
+@pytest.mark.parametrize("name,ctx,parallel", [
+    ("tiny-llama-f16", 512, 1), ("tiny-llama-q8_0", 1000, 2), ("tiny-llama-q4_k_m", 512, 1),
+    ("tiny-qwen3moe-f16", 512, 1), ("tiny-qwen3moe-q8_0", 512, 1), ("tiny-qwen3moe-q4_k_m", 1024, 3),
+    ("tiny-gemma3-f16", 1024, 1), ("tiny-gemma3-q8_0", 1024, 3),  # sliding window: 768 cells, not 1024
+    ("tiny-qwen2moe-q8_0", 512, 1), ("tiny-deepseek2-q8_0", 1024, 1), ("tiny-mamba-q8_0", 1024, 2)])
+def test_tiny_models_answer_and_match_header(llama_server_bin, tiny_models, tmp_path, name, ctx, parallel):
     path = tiny_models[name]
-    with RealServer(llama_server_bin, path, "-c", "512", "-np", "1", "-lv", "4", "--no-repack", log_path=tmp_path / "server.log") as srv:
+    with RealServer(llama_server_bin, path, "-c", str(ctx), "-np", str(parallel), "-lv", "4", "--no-repack",
+                    log_path=tmp_path / "server.log") as srv:
         out = srv.complete("Hello", n_predict=8)
         assert out["timings"]["predicted_n"] == 8
         log = srv.log()
-    _check_against_header(path, log, 512)
+    _check_against_header(path, log, ctx, parallel)
 
 
 def test_binary_resolution_order(tmp_path, llama_server_bin, monkeypatch):

@@ -63,7 +63,8 @@ def render_text(info, kv_type: str, show_tensors: bool) -> str:
         out.append(f"KV cache ({kv_type}): {per_tok:,} bytes/token over all layers ({desc})")
         w = next((l.window for l in kv if l.kind == "swa"), None)
         if w:
-            out.append(f"  sliding-window layers hold at most {w} tokens")
+            out.append(f"  sliding window {w} tokens: llama.cpp allocates PAD(min(n_ctx_seq, {w} + n_ubatch), 256) cells"
+                       " for these layers")
         st = sum(l.state_bytes_per_seq for l in kv)
         if st:
             out.append(f"  recurrent state: {st:,} bytes per sequence")
