@@ -40,3 +40,7 @@ class ServerBinaryNotFound(GpcrunError):
         super().__init__(f"{name} not found; tried: " + "; ".join(tried)
                          + ". Build it with: python3 scripts/build_llama.py", tried=tried, name=name)
         self.tried = tried
+
+
+class UnknownGpuError(GpcrunError):
+    """--gpu NAME not in the spec table."""

@@ -5,17 +5,19 @@ import os
 import sys
 import traceback
 
-from ..errors import GGUFError, GpcrunError, ModelFileError, ServerBinaryNotFound
+from ..errors import GGUFError, GpcrunError, ModelFileError, ServerBinaryNotFound, UnknownGpuError
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2  # click's own code for bad options
+EXIT_REFUSED = 10  # a plan (or serve) refused: it would not fit or would run below the floor
 
 # Most specific first: the first isinstance match wins.
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (ModelFileError, 3),
     (GGUFError, 4),  # MissingShardError included
     (ServerBinaryNotFound, 5),
+    (UnknownGpuError, 2),
     (GpcrunError, 1),
 ]
 

@@ -1,0 +1,96 @@
+"""gpcrun plan MODEL [-- LLAMA_SERVER_ARGS]: placement, memory map, forecast and verdict before anything loads."""
+from __future__ import annotations
+
+import shlex
+
+import click
+
+from ..errors import UnknownGpuError
+from ..fmt import human_bytes, table
+from ..gpu_specs import GPU_SPECS, find_spec
+from ..model import KV_CACHE_TYPES, load_model
+from ..plan import MIB, Plan, PlanArgError, Request, make_plan, parse_server_args
+from ..targets import target_from_profile
+from .errors import EXIT_REFUSED
+from .main import emit_json, main
+
+
+def build_request(ctx, kv_type, parallel, floor, margin, server_args) -> Request:
+    try:
+        pinned = parse_server_args(server_args)
+    except PlanArgError as e:
+        raise click.UsageError(f"after --: {e}") from None
+    kw = {}
+    if margin is not None:
+        kw["gpu_margin_bytes"] = int(margin * MIB)
+    return Request(ctx=ctx, kv_type=kv_type, parallel=parallel, floor_tok_s=floor, pinned=pinned, **kw)
+
+
+def build_target(vram, gpu, refresh: bool):
+    from ..hardware.profile import get_profile
+    specs = []
+    for name in gpu:
+        spec = find_spec(name)
+        if spec is None:
+            raise UnknownGpuError(f"unknown GPU {name!r}; known: " + ", ".join(s.name for s in GPU_SPECS.values()))
+        specs.append(spec)
+    doc = get_profile(refresh=refresh).to_json()
+    return target_from_profile(doc, vram_mib=list(vram), specs=specs)
+
+
+@main.command("plan", context_settings={"ignore_unknown_options": True})
+@click.argument("model", type=str)
+@click.option("--ctx", type=click.IntRange(min=0), default=None, help="Context size (default: the largest that fits, >= 4096).")
+@click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default=None,
+              help="KV cache type (default: f16, else q8_0 when only that fits).")
+@click.option("--parallel", type=click.IntRange(min=1), default=1, show_default=True, help="Server slots (-np).")
+@click.option("--floor", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Refuse plans forecast below this decode speed (tok/s).")
+@click.option("--margin", type=click.FloatRange(min=0), default=None, help="GPU safety margin in MiB (default 1024).")
+@click.option("--vram", type=click.IntRange(min=0), multiple=True, help="Plan for a GPU with this much free VRAM (MiB); repeat per GPU.")
+@click.option("--gpu", multiple=True, help="Plan for this GPU model (spec sheet), e.g. 'RTX 4090'; repeat per GPU.")
+@click.option("--refresh", is_flag=True, help="Re-measure bandwidths in the hardware profile.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (schema gpcrun.plan/1).")
+@click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
+def plan_cmd(model, ctx, kv_type, parallel, floor, margin, vram, gpu, refresh, as_json, server_args):
+    """Plan how to run MODEL with llama-server; arguments after -- are pinned and passed through."""
+    req = build_request(ctx, kv_type, parallel, floor, margin, server_args)
+    info = load_model(model)
+    target = build_target(vram, gpu, refresh)
+    plan = make_plan(info, target, req)
+    if as_json:
+        emit_json(plan.to_json())
+    else:
+        click.echo(render_plan(plan))
+    if plan.verdict != "ship":
+        raise SystemExit(EXIT_REFUSED)
+
+
+def render_plan(plan: Plan) -> str:
+    out = []
+    ev = plan.chosen or plan.nearest
+    if ev is not None:
+        title = "plan" if plan.chosen is not None else "nearest plan"
+        rows = []
+        for m in ev.memory:
+            rows.append([m.device, human_bytes(m.model_bytes), human_bytes(m.context_bytes),
+                         human_bytes(m.compute_bytes), human_bytes(m.other_bytes), human_bytes(m.total_bytes),
+                         human_bytes(m.margin_bytes), human_bytes(m.capacity_bytes),
+                         human_bytes(m.headroom_bytes) if m.headroom_bytes is not None else "unknown"])
+        out.append(f"{title}: memory map")
+        out.append(table(rows, ["device", "model", "context", "compute", "other", "total", "margin", "free",
+                                "headroom"], "lrrrrrrrr"))
+        f = ev.forecast
+        if f.decode_tok_s is not None:
+            lo, hi = f.decode_band_tok_s
+            out.append(f"decode forecast: {f.decode_tok_s:.1f} tok/s (band {lo:.1f}-{hi:.1f}, ceiling"
+                       f" {f.decode_ceiling_tok_s:.1f}; {'calibrated' if f.calibrated else 'uncalibrated'})")
+        else:
+            out.append(f"decode forecast: unknown ({f.method})")
+        if f.prefill_ceiling_tok_s is not None:
+            out.append(f"prefill ceiling: {f.prefill_ceiling_tok_s:.0f} tok/s (spec-sheet FLOP/s)")
+    out.append(f"verdict: {plan.verdict.upper()}")
+    out.extend(f"  - {r}" for r in plan.reasons)
+    if plan.argv:
+        out.append("llama-server " + " ".join(shlex.quote(a) for a in plan.argv))
+    return "\n".join(out)

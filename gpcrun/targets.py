@@ -1,0 +1,71 @@
+"""Profile document (gpcrun.profile/1) or spec sheets -> plan.Target. Pure: no I/O."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from .gpu_specs import GpuSpec, find_spec
+from .plan import DEFAULT_GPU_RUNTIME_OVERHEAD_BYTES, MIB, DeviceTarget, Target
+
+# An idle card reports a little less free than its marketed size (driver reservations): ~400 MiB here.
+SPEC_DRIVER_RESERVE_BYTES = 400 * MIB
+
+
+def host_from_profile(doc: Mapping[str, Any]) -> DeviceTarget:
+    hm = doc.get("host_memory") or {}
+    bw = ((doc.get("bandwidth") or {}).get("cpu_memory") or {})
+    # numpy copy bandwidth counts read + write; decode mostly streams reads: use it as the read rate
+    return DeviceTarget("CPU", "host", hm.get("effective_available_bytes"), bw.get("bytes_per_s"),
+                        source="profile: effective_available_bytes, " + (bw.get("method") or "bandwidth unknown"))
+
+
+def _spec_for_name(name: str) -> GpuSpec | None:
+    spec = find_spec(name)
+    if spec:
+        return spec
+    low = name.lower()
+    for key in ("h200", "h100 sxm", "h100 pcie", "a100 80gb", "a100 40gb", "l40s", "l4", "t4", "rtx 5090",
+                "rtx 4090", "rtx 4080", "rtx 4070", "rtx 3090", "rtx 3060"):
+        if key.replace("rtx ", "") in low:
+            return find_spec(key)
+    if "h100" in low:
+        return find_spec("h100 sxm" if "hbm3" in low else "h100 pcie")
+    return None
+
+
+def gpus_from_profile(doc: Mapping[str, Any]) -> list[DeviceTarget]:
+    out = []
+    for d in ((doc.get("gpus") or {}).get("devices") or []):
+        vol = d.get("volatile") or {}
+        spec = _spec_for_name(d.get("name") or "")
+        out.append(DeviceTarget(
+            f"CUDA{d.get('cuda_index', len(out))}", "gpu", vol.get("free_bytes"),
+            spec.bandwidth_bytes_per_s if spec else None, DEFAULT_GPU_RUNTIME_OVERHEAD_BYTES,
+            spec.fp16_tflops * 1e12 if spec else None,
+            f"nvml free now; bandwidth {'spec sheet ' + spec.name if spec else 'unknown (no spec for this name)'}"))
+    return out
+
+
+def gpu_from_spec(spec: GpuSpec, index: int, free_bytes: int | None = None) -> DeviceTarget:
+    cap = free_bytes if free_bytes is not None else spec.vram_bytes - SPEC_DRIVER_RESERVE_BYTES
+    return DeviceTarget(f"CUDA{index}", "gpu", cap, spec.bandwidth_bytes_per_s, DEFAULT_GPU_RUNTIME_OVERHEAD_BYTES,
+                        spec.fp16_tflops * 1e12, f"spec sheet: {spec.name} ({spec.source})")
+
+
+def target_from_profile(doc: Mapping[str, Any], vram_mib: Sequence[int] = (),
+                        specs: Sequence[GpuSpec] = ()) -> Target:
+    """The measured machine, or hypothetical GPUs: `--gpu NAME` (spec sheet) and/or `--vram MiB` (free VRAM)."""
+    host = host_from_profile(doc)
+    if specs or vram_mib:
+        gpus = []
+        n = max(len(specs), len(vram_mib))
+        for i in range(n):
+            spec = specs[i] if i < len(specs) else (specs[-1] if specs else None)
+            free = vram_mib[i] * MIB if i < len(vram_mib) else None
+            if spec is not None:
+                gpus.append(gpu_from_spec(spec, i, free))
+            else:
+                gpus.append(DeviceTarget(f"CUDA{i}", "gpu", free, None, DEFAULT_GPU_RUNTIME_OVERHEAD_BYTES,
+                                         None, "--vram (bandwidth unknown: add --gpu NAME for a speed forecast)"))
+    else:
+        gpus = gpus_from_profile(doc)
+    return Target(host, tuple(gpus), doc.get("fingerprint"), (doc.get("platform") or {}).get("cpus_usable"))
