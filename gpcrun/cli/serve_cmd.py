@@ -1,0 +1,100 @@
+"""gpcrun serve MODEL [-- llama-server args]: plan, then a supervised, watched llama-server."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..fmt import human_bytes
+from ..launch.binary import find_tool
+from ..launch.outcome import EXIT_REFUSED
+from ..launch.run import RunOptions, ServerRun, new_run_dir, server_argv, write_json_atomic
+from ..launch.watchdog import MIB, Limits
+from ..model import KV_CACHE_TYPES, load_model
+from ..plan import make_plan
+from .main import main
+from .plan_cmd import build_request, build_target
+
+
+def plan_summary(plan) -> str:
+    ev = plan.chosen or plan.nearest
+    if ev is None:
+        return f"plan: {plan.verdict}: " + "; ".join(plan.reasons)
+    p = ev.placement
+    mem = ", ".join(f"{m.device} {human_bytes(m.total_bytes)} of {human_bytes(m.capacity_bytes)}" for m in ev.memory)
+    f = ev.forecast
+    fc = f"{f.decode_tok_s:.1f} tok/s ({'calibrated' if f.calibrated else 'uncalibrated'})" \
+        if f.decode_tok_s is not None else "unknown"
+    return (f"plan: {plan.verdict}: ctx {p.ctx}, KV {p.type_k}, -ngl {p.ngl}"
+            + (f", --n-cpu-moe {p.n_cpu_moe}" if p.n_cpu_moe else "") + f"; {mem}; decode forecast {fc}")
+
+
+@main.command("serve", context_settings={"ignore_unknown_options": True})
+@click.argument("model", type=str)
+@click.option("--no-plan", is_flag=True, help="Pass the llama-server args through untouched (no planning).")
+@click.option("--force", is_flag=True, help="Start even when the plan refuses.")
+@click.option("--quiet", is_flag=True, help="Do not echo llama-server's log (it is still written to the run dir).")
+@click.option("--server-bin", default=None, help="llama-server binary (default: $GPCRUN_LLAMA_SERVER, cache, PATH).")
+@click.option("--ctx", type=click.IntRange(min=0), default=None)
+@click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default=None)
+@click.option("--parallel", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--floor", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--margin", type=click.FloatRange(min=0), default=None, help="GPU margin MiB (default 1024).")
+@click.option("--restart", type=click.Choice(["no", "on-failure"]), default="no", show_default=True)
+@click.option("--max-restarts", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--ready-timeout", type=click.FloatRange(min=0), default=None,
+              help="Seconds to wait for readiness (default: 30 s + model size at 100 MB/s).")
+@click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds between SIGTERM and SIGKILL when stopping.")
+@click.option("--min-host-available", type=click.IntRange(min=0), default=None,
+              help="Watchdog: SIGTERM when effective host memory available falls below this many MiB"
+                   " (default max(5 %, 1 GiB) of the limit).")
+@click.option("--kill-host-available", type=click.IntRange(min=0), default=None,
+              help="Watchdog: SIGKILL below this many MiB (default 2.5 % of the limit).")
+@click.option("--min-gpu-free", type=click.IntRange(min=0), default=256, show_default=True,
+              help="Watchdog: SIGTERM when a GPU's free VRAM stays below this many MiB for 3 samples.")
+@click.option("--max-temp", type=click.IntRange(min=0), default=None, help="Watchdog: abort when a GPU stays at/above this C.")
+@click.option("--max-power", type=click.FloatRange(min=0), default=None,
+              help="Watchdog: abort when a GPU stays at/above this % of its enforced power limit.")
+@click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
+def serve_cmd(model, no_plan, force, quiet, server_bin, ctx, kv_type, parallel, floor, margin, restart,
+              max_restarts, ready_timeout, grace, min_host_available, kill_host_available, min_gpu_free, max_temp,
+              max_power, server_args):
+    """Run MODEL under llama-server, supervised and watched; args after -- go to llama-server (user wins)."""
+    binary = find_tool("llama-server", server_bin)
+    info = load_model(model)
+    run_dir = new_run_dir()
+    if no_plan:
+        args = ["-m", model, *server_args]
+    else:
+        req = build_request(ctx, kv_type, parallel, floor, margin, server_args)
+        plan = make_plan(info, build_target((), (), False), req)
+        write_json_atomic(run_dir / "plan.json", plan.to_json())
+        click.echo(plan_summary(plan), err=True)
+        if plan.verdict != "ship":
+            for r in plan.reasons:
+                click.echo(f"  - {r}", err=True)
+            if not force:
+                click.echo("gpcrun: refused (use --force to start anyway)", err=True)
+                sys.exit(EXIT_REFUSED)
+            args = list(plan.argv) if plan.argv else ["-m", model, *server_args]
+        else:
+            args = list(plan.argv)
+    from ..hardware.host import read_host_memory
+    base = Limits.defaults(read_host_memory().effective_limit_bytes)
+    kw = {"gpu_min_free_bytes": min_gpu_free * MIB, "temp_abort_c": max_temp,
+          "power_abort_frac": None if max_power is None else max_power / 100}
+    if min_host_available is not None:
+        kw["host_term_available_bytes"] = min_host_available * MIB
+    if kill_host_available is not None:
+        kw["host_kill_available_bytes"] = kill_host_available * MIB
+    limits = Limits(**{**base.to_json(), **kw})
+    argv = server_argv(str(binary), args)
+    opts = RunOptions(argv=argv, run_dir=run_dir, model_bytes=info.file_size_bytes, ready_timeout_s=ready_timeout,
+                      grace_s=grace, limits=limits, restart=restart, max_restarts=max_restarts, quiet=quiet)
+    run = ServerRun(opts)
+    run.install_signal_handlers()
+    result = run.run_until_stopped()
+    o = result.outcome
+    click.echo(f"gpcrun: {o.kind}: {o.reason} (run dir {run_dir})", err=True)
+    sys.exit(o.exit_code)

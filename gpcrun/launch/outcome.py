@@ -1,0 +1,104 @@
+"""Why a server run ended: pure classification of exit status, log text, OOM-kill counter and watchdog action.
+
+Exit codes are documented in README.md (Exit codes) and listed once here.
+"""
+from __future__ import annotations
+
+import re
+import signal
+from dataclasses import dataclass
+
+EXIT_CLEAN = 0
+EXIT_REFUSED = 10
+EXIT_LOAD_FAILED = 11
+EXIT_CRASHED = 12
+EXIT_WATCHDOG = 13
+EXIT_TIMEOUT = 14
+
+# (pattern in llama-server's log, kind, human reason), first match wins
+_LOG_RULES = [
+    (r"cudaMalloc failed|CUDA error: out of memory|cudaErrorMemoryAllocation|ggml_cuda.*out of memory",
+     "gpu_oom", "CUDA allocation failed (out of VRAM)"),
+    (r"failed to allocate (?:CUDA|Metal|Vulkan|ROCm|HIP)\w*|Metal.*out of memory|kIOGPUCommandBufferCallbackErrorOutOfMemory",
+     "gpu_oom", "GPU allocation failed"),
+    (r"failed to allocate buffer for kv cache|failed to allocate .*buffer|std::bad_alloc|out of memory",
+     "host_oom", "host memory allocation failed"),
+    (r"error: invalid argument: (.*)|error while handling argument|unknown argument: (.*)",
+     "bad_flag", "llama-server rejected an argument"),
+    (r"failed to open GGUF file|gguf_init_from_file.*failed|failed to load model|"
+     r"exiting due to model loading error|error loading model",
+     "model_invalid", "the model could not be loaded"),
+    (r"couldn't bind HTTP server socket|address already in use", "port_in_use", "the port is already in use"),
+]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str  # clean_stop | refused | load_failed | crashed | watchdog_abort | timeout
+    exit_code: int
+    cause: str | None  # oom_kill | sigill | signal | gpu_oom | host_oom | bad_flag | model_invalid | ...
+    reason: str  # one line for people
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def log_cause(log_tail: str) -> tuple[str, str] | None:
+    for pat, kind, human in _LOG_RULES:
+        m = re.search(pat, log_tail, re.IGNORECASE)
+        if m:
+            detail = next((g for g in m.groups() if g), None) if m.groups() else None
+            line = _line_of(log_tail, m.start())
+            return kind, f"{human}: {detail.strip()}" if detail else f"{human}: {line}"
+    return None
+
+
+def _line_of(text: str, pos: int) -> str:
+    start = text.rfind("\n", 0, pos) + 1
+    end = text.find("\n", pos)
+    line = text[start:end if end >= 0 else None].strip()
+    return line[-200:]
+
+
+def classify(returncode: int | None, phase: str, log_tail: str = "", oom_kills_before: int | None = None,
+             oom_kills_after: int | None = None, watchdog_rule: str | None = None, watchdog_message: str = "",
+             stopped_by_user: bool = False, timed_out: bool = False) -> Outcome:
+    """phase: where the server was when it ended: 'loading' or 'ready'."""
+    if watchdog_rule:
+        return Outcome("watchdog_abort", EXIT_WATCHDOG, watchdog_rule, f"watchdog stopped the server: {watchdog_message}")
+    if timed_out:
+        return Outcome("timeout", EXIT_TIMEOUT, "timeout", "llama-server did not become ready in time")
+    if stopped_by_user:
+        return Outcome("clean_stop", EXIT_CLEAN, None, "stopped on request"
+                       + ("" if returncode in (0, None, -signal.SIGTERM, -signal.SIGKILL) else f" (server exit {returncode})"))
+    load = phase == "loading"
+    code = EXIT_LOAD_FAILED if load else EXIT_CRASHED
+    kind = "load_failed" if load else "crashed"
+    where = "while loading" if load else "after it was ready"
+    if returncode == -signal.SIGKILL or returncode == 137:
+        if oom_kills_before is not None and oom_kills_after is not None and oom_kills_after > oom_kills_before:
+            return Outcome(kind, code, "oom_kill", f"killed by the kernel OOM killer {where} (cgroup oom_kill"
+                           f" {oom_kills_before} -> {oom_kills_after})")
+    if returncode == -signal.SIGILL or returncode == 132:
+        return Outcome(kind, code, "sigill", f"SIGILL {where}: the CPU cannot run an instruction this build uses"
+                       " (build portable: scripts/build_llama.py)")
+    found = log_cause(log_tail)
+    if found:
+        cause, human = found
+        return Outcome(kind, code, cause, f"{human} ({where}, exit {_rc(returncode)})")
+    if returncode is not None and returncode < 0:
+        return Outcome(kind, code, "signal", f"llama-server died by {_rc(returncode)} {where}")
+    if returncode == 0:
+        return Outcome(kind, code, "exited", f"llama-server exited on its own {where}")
+    return Outcome(kind, code, "exit_code", f"llama-server exited {_rc(returncode)} {where}")
+
+
+def _rc(rc: int | None) -> str:
+    if rc is None:
+        return "unknown"
+    if rc < 0:
+        try:
+            return signal.Signals(-rc).name
+        except ValueError:
+            return f"signal {-rc}"
+    return f"code {rc}"

@@ -1,0 +1,328 @@
+"""A supervised, watched llama-server run: the library behind `gpcrun serve` (and later bench and batch).
+
+Run directory GPCRUN_HOME/runs/<id>/: plan.json, argv.json, server.log, events.jsonl (state transitions),
+samples.jsonl (watchdog samples), incident.json (when the watchdog fired), run.json (outcome + envelope).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..paths import gpcrun_home
+from .outcome import Outcome, classify
+from .supervisor import State, Supervisor
+from .watchdog import Action, Limits, Watchdog, make_sampler
+
+# Load time budget: 30 s plus reading the file at 100 MB/s (a slow disk); a fixed 120 s fails big models.
+LOAD_BASE_S = 30.0
+LOAD_BYTES_PER_S = 100e6
+
+
+def load_timeout_s(model_bytes: int | None) -> float:
+    return LOAD_BASE_S + (model_bytes or 0) / LOAD_BYTES_PER_S
+
+
+def write_json_atomic(path: Path, doc) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def new_run_dir(root: Path | None = None) -> Path:
+    root = root or gpcrun_home() / "runs"
+    run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+    d = root / run_id
+    d.mkdir(parents=True, exist_ok=False)
+    return d
+
+
+def server_argv(server_bin: str, args: Sequence[str], host: str = "127.0.0.1", port: int | None = None) -> list[str]:
+    """llama-server argv: the given args, plus --host/--port unless the user set them (user wins)."""
+    argv = [str(server_bin), *args]
+    if not any(a == "--host" or a.startswith("--host=") for a in args):
+        argv += ["--host", host]
+    if not any(a == "--port" or a.startswith("--port=") for a in args):
+        argv += ["--port", str(port if port is not None else 8080)]
+    return argv
+
+
+def url_of(argv: Sequence[str]) -> str:
+    host, port = "127.0.0.1", "8080"
+    for i, a in enumerate(argv):
+        for flag in ("--host", "--port"):
+            if a == flag and i + 1 < len(argv):
+                val = argv[i + 1]
+            elif a.startswith(flag + "="):
+                val = a.split("=", 1)[1]
+            else:
+                continue
+            if flag == "--host":
+                host = val
+            else:
+                port = val
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunOptions:
+    argv: list[str]
+    run_dir: Path
+    model_bytes: int | None = None
+    ready_timeout_s: float | None = None
+    grace_s: float = 10.0
+    limits: Limits | None = None
+    restart: str = "no"  # "no" | "on-failure"
+    max_restarts: int = 3
+    backoff_s: float = 1.0
+    quiet: bool = False
+    nvml_backend: object = None
+    use_nvml: bool = True
+    echo: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
+    host_reader: Callable | None = None
+
+
+@dataclass
+class RunResult:
+    outcome: Outcome
+    attempts: int
+    run_dir: Path
+    url: str
+    ready_s: float | None
+    envelope: dict
+    watchdog_cpu_s: float
+    firing: dict | None
+
+    def to_json(self) -> dict:
+        return {"outcome": self.outcome.to_json(), "attempts": self.attempts, "run_dir": str(self.run_dir),
+                "url": self.url, "ready_s": self.ready_s, "envelope": self.envelope,
+                "watchdog_cpu_s": round(self.watchdog_cpu_s, 4), "firing": self.firing}
+
+
+class ServerRun:
+    """Start, watch and stop llama-server; `run_until_stopped()` serves until a signal, a death or an abort."""
+
+    def __init__(self, opts: RunOptions) -> None:
+        self.opts = opts
+        self.url = url_of(opts.argv)
+        self.sup: Supervisor | None = None
+        self.watchdog: Watchdog | None = None
+        self._stop_requested = threading.Event()
+        self._stop_reason = ""
+        self._watchdog_action: Action | None = None
+        self._tail_stop = threading.Event()
+        self.ready_s: float | None = None
+        self._nvml = None
+        self._gpu_static: tuple = ()
+        write_json_atomic(opts.run_dir / "argv.json", opts.argv)
+
+    # ---------------------------------------------------------------------------- control from outside
+
+    def request_stop(self, reason: str) -> None:
+        self._stop_reason = reason
+        self._stop_requested.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum, _frame):
+            self.request_stop(f"gpcrun received {signal.Signals(signum).name}")
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+    # ---------------------------------------------------------------------------- one attempt
+
+    def _act(self, action: Action) -> None:
+        """Watchdog decision -> signal. First term: ONE SIGTERM; a repeat or a kill rule: SIGKILL."""
+        sup = self.sup
+        if sup is None:
+            return
+        self._watchdog_action = self._watchdog_action or action
+        self.opts.echo(f"gpcrun: watchdog: {action.message} -> {'SIGKILL' if action.kind == 'kill' else 'SIGTERM'}")
+        if action.kind == "kill" or sup.term_sent_at is not None:
+            sup.kill_now(f"watchdog {action.rule}")
+        else:
+            if sup.state in (State.LOADING, State.READY):
+                sup._to(State.STOPPING, f"watchdog {action.rule}")
+            sup.term_sent_at = sup.clock()
+            sup.signal_group(signal.SIGTERM)
+        self._write_incident(action)
+
+    def _write_incident(self, action: Action) -> None:
+        wd = self.watchdog
+        plan = None
+        p = self.opts.run_dir / "plan.json"
+        if p.exists():
+            try:
+                plan = json.loads(p.read_text())
+            except ValueError:
+                plan = None
+        doc = {"rule": action.rule, "kind": action.kind, "message": action.message, "t_wall": time.time(),
+               "limits": self.opts.limits.to_json() if self.opts.limits else None,
+               "samples": [s.to_json() for s in (wd.recent if wd else [])], "plan": plan, "argv": self.opts.argv,
+               "advice": advice_for(action, plan)}
+        write_json_atomic(self.opts.run_dir / "incident.json", doc)
+
+    def _tail(self, path: Path) -> None:
+        # llama-server's log to the console as it grows (unless --quiet)
+        pos = 0
+        while not self._tail_stop.is_set():
+            try:
+                with open(path, "rb") as f:
+                    f.seek(pos)
+                    chunk = f.read()
+                    pos += len(chunk)
+            except FileNotFoundError:
+                chunk = b""
+            if chunk:
+                sys.stderr.write(chunk.decode(errors="replace"))
+                sys.stderr.flush()
+            self._tail_stop.wait(0.2)
+
+    def _open_nvml(self) -> None:
+        if not self.opts.use_nvml or self._nvml is not None:
+            return
+        from ..hardware.nvml import NvmlSession
+        s = NvmlSession(self.opts.nvml_backend)
+        if s.open():
+            self._nvml = s
+            inv = s.inventory()
+            self._gpu_static = inv.devices
+
+    def _host_memory(self):
+        if self.opts.host_reader is not None:
+            return self.opts.host_reader()
+        from ..hardware.host import read_host_memory
+        return read_host_memory()
+
+    def _oom_kills(self) -> int | None:
+        cg = self._host_memory().cgroup
+        return getattr(cg, "oom_kill_count", None) if cg else None
+
+    def attempt(self, n: int) -> Outcome:
+        o = self.opts
+        log = o.run_dir / "server.log"
+        with open(log, "ab") as f:
+            f.write(f"\n=== gpcrun attempt {n} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
+        self._watchdog_action = None
+        oom_before = self._oom_kills()
+        self.sup = sup = Supervisor(o.argv, log, o.run_dir / "events.jsonl")
+        self._open_nvml()
+        if o.limits is None:
+            o.limits = Limits.defaults(self._host_memory().effective_limit_bytes)
+        sampler = make_sampler(lambda: sup.pid, self._nvml, self._gpu_static, o.host_reader)
+        self.watchdog = wd = Watchdog(o.limits, sampler, self._act, on_warn=lambda a: o.echo(f"gpcrun: warning: {a.message}"),
+                                      samples_path=o.run_dir / "samples.jsonl")
+        tail = None
+        if not o.quiet:
+            self._tail_stop.clear()
+            tail = threading.Thread(target=self._tail, args=(log,), daemon=True)
+            tail.start()
+        t0 = time.monotonic()
+        try:
+            sup.start()
+        except OSError as e:
+            return Outcome("load_failed", 11, "exec", f"could not start {o.argv[0]}: {e.strerror or e}")
+        wd.start()
+        timeout = o.ready_timeout_s if o.ready_timeout_s is not None else load_timeout_s(o.model_bytes)
+        deadline = t0 + timeout
+        ready = False
+        while not self._stop_requested.is_set():  # short waits so a signal to gpcrun is seen at once
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            ready = sup.wait_ready(self.url, min(0.25, remaining))
+            if ready or sup.poll() is not None or sup.state is not State.LOADING:
+                break
+        phase = "ready" if ready else "loading"
+        timed_out = False
+        if ready:
+            self.ready_s = time.monotonic() - t0
+            o.echo(f"gpcrun: ready at {self.url} in {self.ready_s:.2f} s (run dir {o.run_dir})")
+            while not self._stop_requested.is_set() and sup.poll() is None:
+                self._stop_requested.wait(0.1)
+        elif sup.poll() is None and not self._stop_requested.is_set() and sup.state is State.LOADING:
+            timed_out = True
+        user_stop = self._stop_requested.is_set() and self._watchdog_action is None
+        if sup.poll() is None:
+            sup.stop(self._stop_reason or ("load timeout" if timed_out else "stopping"), o.grace_s)
+        else:
+            sup.stop("child exited", o.grace_s)
+        wd.stop()
+        self._tail_stop.set()
+        if tail:
+            tail.join(1)
+        oom_after = self._oom_kills()
+        tail_text = _read_tail(log)
+        wa = self._watchdog_action
+        return classify(sup.returncode, phase, tail_text, oom_before, oom_after,
+                        wa.rule if wa else None, wa.message if wa else "", user_stop, timed_out)
+
+    def run_until_stopped(self) -> RunResult:
+        o = self.opts
+        n = 0
+        outcome = None
+        while True:
+            n += 1
+            outcome = self.attempt(n)
+            if o.restart != "on-failure" or self._stop_requested.is_set() or n > o.max_restarts:
+                break
+            if outcome.kind in ("clean_stop", "refused"):
+                break
+            if outcome.kind == "watchdog_abort" or outcome.cause in ("oom_kill", "gpu_oom", "host_oom", "bad_flag",
+                                                                     "model_invalid", "sigill"):
+                break  # the model itself needs too much, or the setup is wrong: a restart repeats it
+            delay = o.backoff_s * 2 ** (n - 1)
+            o.echo(f"gpcrun: {outcome.reason}; restarting in {delay:.1f} s ({n}/{o.max_restarts})")
+            if self._stop_requested.wait(delay):
+                break
+        wd = self.watchdog
+        firing = None
+        if wd and wd.firings:
+            f = wd.firings[0]
+            firing = {"rule": f.action.rule, "message": f.action.message, "t_mono": f.t_mono, "t_wall": f.t_wall}
+        result = RunResult(outcome, n, o.run_dir, self.url, self.ready_s, wd.envelope.to_json() if wd else {},
+                           wd.cpu_s if wd else 0.0, firing)
+        write_json_atomic(o.run_dir / "run.json", result.to_json())
+        if self._nvml is not None:
+            self._nvml.close()
+        return result
+
+
+def _read_tail(path: Path, n_bytes: int = 64 * 1024) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - n_bytes))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def advice_for(action: Action, plan: dict | None) -> str:
+    if action.rule.startswith("host"):
+        ctx = ((plan or {}).get("plan") or {}).get("placement", {}).get("ctx")
+        smaller = f" try --ctx {max(512, ctx // 2)}" if ctx else " try a smaller --ctx"
+        return ("host memory ran short while the server ran: the KV cache or the weights grew past what is free;"
+                + smaller + " or --kv-type q8_0, or free memory elsewhere")
+    if action.rule == "gpu_free":
+        return "VRAM ran short: try --ctx smaller, --kv-type q8_0, or more --n-cpu-moe / a smaller -ngl"
+    if action.rule in ("gpu_temp", "gpu_power"):
+        return "the GPU stayed over your temperature/power limit: improve cooling or lower the power limit"
+    return ""

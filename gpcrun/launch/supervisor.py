@@ -1,0 +1,237 @@
+"""One owner of the llama-server Popen: explicit states, readiness, stop, and a log of every transition.
+
+Stop = one SIGTERM to the child's process group (a second one makes llama-server exit(1) at once), a grace
+period, SIGKILL to the group, reap. The child starts in its own session and, on Linux, with a parent-death
+signal, so `kill -9` of gpcrun never leaves a llama-server holding memory.
+"""
+from __future__ import annotations
+
+import ctypes
+import enum
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    LOADING = "loading"
+    READY = "ready"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+ALLOWED: dict[State, set[State]] = {
+    State.STARTING: {State.LOADING, State.FAILED},
+    State.LOADING: {State.READY, State.STOPPING, State.FAILED},
+    State.READY: {State.STOPPING, State.FAILED},
+    State.STOPPING: {State.STOPPED, State.FAILED},
+    State.STOPPED: set(),
+    State.FAILED: set(),
+}
+
+
+class TransitionError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Transition:
+    t_wall: float
+    t_mono: float
+    from_state: str
+    to_state: str
+    note: str
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _prctl = _libc.prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+def _child_setup(parent_pid: int) -> Callable[[], None] | None:
+    if _prctl is None:
+        return None
+
+    def setup() -> None:  # runs in the child between fork and exec: no allocation, no locks
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(137)
+    return setup
+
+
+class Supervisor:
+    """Runs one llama-server process. Not thread-safe for control calls; `state` reads are."""
+
+    def __init__(self, argv: list[str], log_path: Path, events_path: Path | None = None,
+                 env: dict | None = None, clock: Callable[[], float] = time.monotonic,
+                 on_transition: Callable[[Transition], None] | None = None) -> None:
+        self.argv = list(argv)
+        self.log_path = Path(log_path)
+        self.events_path = Path(events_path) if events_path else None
+        self.env = env
+        self.clock = clock
+        self.on_transition = on_transition
+        self.proc: subprocess.Popen | None = None
+        self.state = State.STARTING
+        self.transitions: list[Transition] = []
+        self.returncode: int | None = None
+        self.term_sent_at: float | None = None
+        self.kill_sent_at: float | None = None
+        self._lock = threading.Lock()
+        self._log_file = None
+        self._record(None, State.STARTING, "created")
+
+    # --------------------------------------------------------------------------------- states
+
+    def _record(self, old: State | None, new: State, note: str) -> None:
+        tr = Transition(time.time(), self.clock(), old.value if old else "", new.value, note)
+        self.transitions.append(tr)
+        if self.events_path:
+            with open(self.events_path, "a") as f:
+                f.write(json.dumps(tr.to_json()) + "\n")
+        if self.on_transition:
+            self.on_transition(tr)
+
+    def _to(self, new: State, note: str = "") -> None:
+        with self._lock:
+            old = self.state
+            if new not in ALLOWED[old]:
+                raise TransitionError(f"{old.value} -> {new.value} is not allowed")
+            self.state = new
+        self._record(old, new, note)
+
+    # --------------------------------------------------------------------------------- life
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log_file,
+                                         stderr=subprocess.STDOUT, start_new_session=True, env=self.env,
+                                         preexec_fn=_child_setup(os.getpid()))
+        except OSError as e:
+            self._to(State.FAILED, f"could not start {self.argv[0]}: {e.strerror or e}")
+            raise
+        self._to(State.LOADING, f"pid {self.proc.pid}")
+
+    def poll(self) -> int | None:
+        """Reap if exited; a death outside STOPPING moves to FAILED."""
+        if self.proc is None:
+            return self.returncode
+        rc = self.proc.poll()
+        if rc is not None and self.returncode is None:
+            self.returncode = rc
+            if self.state in (State.LOADING, State.READY):
+                self._to(State.FAILED, f"exited {_describe_rc(rc)}")
+            elif self.state == State.STOPPING:
+                self._to(State.STOPPED, f"exited {_describe_rc(rc)}")
+        return rc
+
+    def wait_ready(self, url: str, timeout_s: float, on_progress: Callable[[float], None] | None = None,
+                   poll_interval_s: float = 0.05) -> bool:
+        """True once /health is 200 and a real 1-token completion answers; False when the child died
+        or timeout_s passed (the caller decides what to do). Never sleeps past a child's death."""
+        t0 = self.clock()
+        session = requests.Session()
+        healthy = False
+        while True:
+            if self.poll() is not None:
+                return False
+            if self.state is not State.LOADING:
+                return self.state is State.READY
+            elapsed = self.clock() - t0
+            if elapsed > timeout_s:
+                return False
+            if on_progress:
+                on_progress(elapsed)
+            try:
+                if not healthy:
+                    healthy = session.get(url + "/health", timeout=2).status_code == 200
+                if healthy:
+                    r = session.post(url + "/completion", json={"prompt": "Hi", "n_predict": 1,
+                                                                "cache_prompt": False}, timeout=60)
+                    if r.status_code == 200 and "content" in r.json():
+                        self._to(State.READY, f"/health 200 and a 1-token completion after {elapsed:.2f} s")
+                        return True
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(poll_interval_s)
+
+    def signal_group(self, sig: int) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            return False
+        try:
+            os.killpg(self.proc.pid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def stop(self, reason: str, grace_s: float = 10.0) -> int | None:
+        """ONE SIGTERM to the group, wait grace_s, SIGKILL the group, reap. Idempotent."""
+        if self.proc is None:
+            return None
+        self.poll()
+        if self.state in (State.LOADING, State.READY):
+            self._to(State.STOPPING, reason)
+        if self.returncode is None and self.term_sent_at is None:
+            self.term_sent_at = self.clock()
+            self.signal_group(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self.kill_sent_at = self.clock()
+            self.signal_group(signal.SIGKILL)
+            self.proc.wait()
+        self._kill_leftovers()
+        self.poll()
+        self.close()
+        return self.returncode
+
+    def kill_now(self, reason: str) -> None:
+        """SIGKILL the group at once (watchdog: memory is about to run out)."""
+        if self.state in (State.LOADING, State.READY):
+            self._to(State.STOPPING, reason)
+        self.kill_sent_at = self.clock()
+        self.signal_group(signal.SIGKILL)
+
+    def _kill_leftovers(self) -> None:
+        # anything the server forked into its group dies with it
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def close(self) -> None:
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+
+
+def _describe_rc(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"by signal {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"by signal {-rc}"
+    return f"with code {rc}"

@@ -1,0 +1,332 @@
+"""Watchdog: sample -> decide -> act. Stops llama-server before the kernel or the driver runs out of memory.
+
+`decide(limits, samples)` is pure and table-tested. The loop re-reads memory right before it signals, and after
+a kill waits before judging again. Polling adapts between poll_min_s and poll_max_s to the time left before
+the headroom is gone at the current fill rate (earlyoom's rule of thumb).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import psutil
+
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    index: int
+    free_bytes: int | None
+    used_bytes: int | None
+    child_bytes: int | None  # the server's own VRAM (per-process NVML), None when unknown
+    power_mw: int | None
+    power_limit_mw: int | None
+    temperature_c: int | None
+    unified_memory: bool = False
+
+
+@dataclass(frozen=True)
+class Sample:
+    t_mono: float
+    t_wall: float
+    host_available_bytes: int | None  # effective: min(host MemAvailable, cgroup max - current)
+    host_limit_bytes: int | None  # effective limit: min(host total, cgroup max)
+    swap_free_bytes: int | None
+    cgroup_current_bytes: int | None
+    cgroup_max_bytes: int | None
+    psi_some_avg10: float | None
+    child_rss_bytes: int | None  # the server's whole process tree
+    gpus: tuple[GpuSample, ...] = ()
+
+    def to_json(self) -> dict:
+        d = dict(self.__dict__)
+        d["gpus"] = [g.__dict__ for g in self.gpus]
+        return d
+
+
+@dataclass(frozen=True)
+class Limits:
+    host_term_available_bytes: int  # SIGTERM below this
+    host_kill_available_bytes: int  # SIGKILL below this
+    gpu_min_free_bytes: int = 256 * MIB
+    gpu_consecutive: int = 3
+    temp_warn_c: int | None = 85
+    temp_abort_c: int | None = None  # the user's limit: abort when sustained
+    power_warn_frac: float | None = 1.0
+    power_abort_frac: float | None = None
+    sustained_s: float = 10.0
+    poll_min_s: float = 0.1
+    poll_max_s: float = 1.0
+
+    @classmethod
+    def defaults(cls, host_limit_bytes: int | None, **kw) -> "Limits":
+        """max(5 %, 1 GiB) available -> SIGTERM; 2.5 % -> SIGKILL (documented in the README)."""
+        lim = host_limit_bytes or 0
+        return cls(host_term_available_bytes=max(int(0.05 * lim), GIB),
+                   host_kill_available_bytes=int(0.025 * lim), **kw)
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # "none" | "warn" | "term" | "kill"
+    rule: str = ""
+    message: str = ""
+
+
+NONE = Action("none")
+
+
+def decide(limits: Limits, samples: Sequence[Sample]) -> Action:
+    """The most severe action the newest samples call for. Pure."""
+    if not samples:
+        return NONE
+    samples = list(samples)
+    s = samples[-1]
+    av = s.host_available_bytes
+    if av is not None and av < limits.host_kill_available_bytes:
+        return Action("kill", "host_kill", f"host memory available {av // MIB} MiB is below the kill line"
+                      f" {limits.host_kill_available_bytes // MIB} MiB")
+    if av is not None and av < limits.host_term_available_bytes:
+        return Action("term", "host_term", f"host memory available {av // MIB} MiB is below"
+                      f" {limits.host_term_available_bytes // MIB} MiB")
+    n = limits.gpu_consecutive
+    if len(samples) >= n:
+        recent = samples[-n:]
+        for g in s.gpus:
+            frees = [next((x.free_bytes for x in r.gpus if x.index == g.index), None) for r in recent]
+            if g.unified_memory:
+                continue  # unified memory: VRAM pressure is host pressure, judged above
+            if all(f is not None and f < limits.gpu_min_free_bytes for f in frees):
+                return Action("term", "gpu_free", f"GPU {g.index} free VRAM {frees[-1] // MIB} MiB below"
+                              f" {limits.gpu_min_free_bytes // MIB} MiB for {n} samples")
+    sustained = [r for r in samples if s.t_mono - r.t_mono <= limits.sustained_s]
+    span_ok = sustained and s.t_mono - sustained[0].t_mono >= limits.sustained_s * 0.9
+    warn = None
+    for g in s.gpus:
+        if g.temperature_c is not None:
+            if limits.temp_abort_c is not None and span_ok and all(
+                    _gpu(r, g.index, "temperature_c", -1) >= limits.temp_abort_c for r in sustained):
+                return Action("term", "gpu_temp", f"GPU {g.index} at {g.temperature_c} C for"
+                              f" {limits.sustained_s:g} s (limit {limits.temp_abort_c} C)")
+            if limits.temp_warn_c is not None and g.temperature_c >= limits.temp_warn_c:
+                warn = warn or Action("warn", "gpu_temp_warn", f"GPU {g.index} at {g.temperature_c} C")
+        if g.power_mw is not None and g.power_limit_mw:
+            frac = g.power_mw / g.power_limit_mw
+            if limits.power_abort_frac is not None and span_ok and all(
+                    _gpu(r, g.index, "power_mw", 0) / g.power_limit_mw >= limits.power_abort_frac
+                    for r in sustained):
+                return Action("term", "gpu_power", f"GPU {g.index} at {100 * frac:.0f} % of its power limit for"
+                              f" {limits.sustained_s:g} s")
+            if limits.power_warn_frac is not None and frac >= limits.power_warn_frac:
+                warn = warn or Action("warn", "gpu_power_warn", f"GPU {g.index} at {100 * frac:.0f} % power limit")
+    return warn or NONE
+
+
+def _gpu(s: Sample, index: int, attr: str, default):
+    for g in s.gpus:
+        if g.index == index:
+            v = getattr(g, attr)
+            return default if v is None else v
+    return default
+
+
+def next_interval(limits: Limits, samples: Sequence[Sample]) -> float:
+    """Time until the headroom above the SIGTERM line is gone at the current fill rate, / 4, clamped."""
+    if len(samples) < 2:
+        return limits.poll_min_s
+    a, b = samples[len(samples) - 2], samples[len(samples) - 1]
+    dt = b.t_mono - a.t_mono
+    if dt <= 0 or a.host_available_bytes is None or b.host_available_bytes is None:
+        return limits.poll_min_s
+    rate = (a.host_available_bytes - b.host_available_bytes) / dt  # bytes/s being used up
+    headroom = b.host_available_bytes - limits.host_term_available_bytes
+    for g_b in b.gpus:
+        g_a = next((x for x in a.gpus if x.index == g_b.index), None)
+        if g_a and g_a.free_bytes is not None and g_b.free_bytes is not None:
+            gr = (g_a.free_bytes - g_b.free_bytes) / dt
+            gh = g_b.free_bytes - limits.gpu_min_free_bytes
+            if gr > 0 and (rate <= 0 or gh / gr < headroom / rate):
+                rate, headroom = gr, gh
+    if rate <= 0:
+        return limits.poll_max_s
+    return max(limits.poll_min_s, min(limits.poll_max_s, headroom / rate / 4))
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+
+def tree_rss_bytes(pid: int) -> int | None:
+    try:
+        p = psutil.Process(pid)
+        procs = [p] + p.children(recursive=True)
+        return sum(x.memory_info().rss for x in procs)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def make_sampler(child_pid: Callable[[], int | None], nvml=None, gpu_static: Sequence = (),
+                 host_reader=None, clock: Callable[[], float] = time.monotonic) -> Callable[[], Sample]:
+    """A sample() over the real machine: host/cgroup memory, the child's tree RSS, and per GPU (an open
+    hardware.nvml.NvmlSession plus its inventory devices for the static power limit and unified flag)."""
+    if host_reader is None:
+        from ..hardware.host import read_host_memory
+        host_reader = read_host_memory
+    static = list(gpu_static)
+
+    def sample() -> Sample:
+        hm = host_reader()
+        cg = hm.cgroup
+        pid = child_pid()
+        gpus: tuple[GpuSample, ...] = ()
+        if nvml is not None:
+            vols = nvml.sample({g.nvml_index: bool(g.unified_memory) for g in static})
+            gpus = tuple(_gpu_sample(static[i] if i < len(static) else None, i, v, pid) for i, v in enumerate(vols))
+        return Sample(clock(), time.time(), hm.effective_available_bytes, hm.effective_limit_bytes,
+                      hm.swap_free_bytes, getattr(cg, "current_bytes", None), getattr(cg, "max_bytes", None),
+                      getattr(getattr(cg, "pressure", None), "some_avg10_pct", None),
+                      tree_rss_bytes(pid) if pid else None, gpus)
+    return sample
+
+
+def _gpu_sample(static, i: int, v, pid: int | None) -> GpuSample:
+    procs = v.processes or ()
+    child = None
+    if pid is not None:
+        mine = [p.used_bytes for p in procs if p.pid == pid and p.used_bytes is not None]
+        child = sum(mine) if mine else None
+    return GpuSample(static.cuda_index if static else i, v.free_bytes, v.used_bytes, child, v.power_draw_mw,
+                     static.power_limit_mw if static else None, v.temperature_c,
+                     bool(static.unified_memory) if static else False)
+
+
+# ----------------------------------------------------------------------------------------------- envelope
+
+@dataclass
+class Envelope:
+    """Peaks and minima over a run: the safety envelope that goes into receipts."""
+
+    samples: int = 0
+    min_host_available_bytes: int | None = None
+    peak_host_used_fraction: float | None = None
+    peak_child_rss_bytes: int | None = None
+    peak_gpu_used_bytes: dict = field(default_factory=dict)
+    peak_child_vram_bytes: dict = field(default_factory=dict)
+    peak_power_fraction: float | None = None
+    peak_temperature_c: int | None = None
+    limits_fired: list = field(default_factory=list)
+
+    def add(self, s: Sample) -> None:
+        self.samples += 1
+        if s.host_available_bytes is not None:
+            self.min_host_available_bytes = _min(self.min_host_available_bytes, s.host_available_bytes)
+            if s.host_limit_bytes:
+                used = 1 - s.host_available_bytes / s.host_limit_bytes
+                self.peak_host_used_fraction = _max(self.peak_host_used_fraction, round(used, 4))
+        self.peak_child_rss_bytes = _max(self.peak_child_rss_bytes, s.child_rss_bytes)
+        for g in s.gpus:
+            k = str(g.index)
+            self.peak_gpu_used_bytes[k] = _max(self.peak_gpu_used_bytes.get(k), g.used_bytes)
+            self.peak_child_vram_bytes[k] = _max(self.peak_child_vram_bytes.get(k), g.child_bytes)
+            if g.power_mw is not None and g.power_limit_mw:
+                self.peak_power_fraction = _max(self.peak_power_fraction, round(g.power_mw / g.power_limit_mw, 4))
+            self.peak_temperature_c = _max(self.peak_temperature_c, g.temperature_c)
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _min(a, b):
+    return b if a is None else (a if b is None else min(a, b))
+
+
+def _max(a, b):
+    return b if a is None else (a if b is None else max(a, b))
+
+
+# ----------------------------------------------------------------------------------------------- loop
+
+@dataclass(frozen=True)
+class Firing:
+    action: Action
+    t_mono: float
+    t_wall: float
+    sample: Sample
+    reread: Sample
+
+
+class Watchdog:
+    """Background thread: sample -> decide -> act. `act(action)` signals the child (the supervisor owns it)."""
+
+    def __init__(self, limits: Limits, sample: Callable[[], Sample], act: Callable[[Action], None],
+                 on_warn: Callable[[Action], None] | None = None, samples_path=None, keep: int = 50,
+                 after_kill_wait_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits
+        self.sample = sample
+        self.act = act
+        self.on_warn = on_warn
+        self.samples_path = samples_path
+        self.recent: deque[Sample] = deque(maxlen=keep)
+        self.envelope = Envelope()
+        self.firings: list[Firing] = []
+        self.after_kill_wait_s = after_kill_wait_s
+        self.clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned: set[str] = set()
+        self.cpu_s = 0.0  # thread CPU time spent sampling and deciding
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="gpcrun-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+
+    def _record(self, s: Sample) -> None:
+        self.recent.append(s)
+        self.envelope.add(s)
+        if self.samples_path:
+            with open(self.samples_path, "a") as f:
+                f.write(json.dumps(s.to_json()) + "\n")
+
+    def step(self) -> float:
+        """One sample -> decide -> act round; returns the seconds to wait before the next."""
+        c0 = time.thread_time()
+        s = self.sample()
+        self._record(s)
+        action = decide(self.limits, self.recent)
+        wait = next_interval(self.limits, self.recent)
+        if action.kind in ("term", "kill"):
+            again = self.sample()  # re-read right before signalling: never act on a stale number
+            self._record(again)
+            confirmed = decide(self.limits, self.recent)
+            if confirmed.kind in ("term", "kill"):
+                self.firings.append(Firing(confirmed, self.clock(), time.time(), s, again))
+                if confirmed.rule not in self.envelope.limits_fired:
+                    self.envelope.limits_fired.append(confirmed.rule)
+                self.cpu_s += time.thread_time() - c0
+                self.act(confirmed)
+                return self.after_kill_wait_s
+        elif action.kind == "warn" and action.rule not in self._warned:
+            self._warned.add(action.rule)
+            if action.rule not in self.envelope.limits_fired:
+                self.envelope.limits_fired.append(action.rule)
+            if self.on_warn:
+                self.on_warn(action)
+        self.cpu_s += time.thread_time() - c0
+        return wait
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            wait = self.step()
+            self._stop.wait(wait)
