@@ -42,5 +42,9 @@ class ServerBinaryNotFound(GpcrunError):
         self.tried = tried
 
 
+class ReceiptError(GpcrunError):
+    """A receipt file that is missing, not JSON, or does not match the schema."""
+
+
 class UnknownGpuError(GpcrunError):
     """--gpu NAME not in the spec table."""

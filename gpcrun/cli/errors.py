@@ -5,7 +5,7 @@ import os
 import sys
 import traceback
 
-from ..errors import GGUFError, GpcrunError, ModelFileError, ServerBinaryNotFound, UnknownGpuError
+from ..errors import GGUFError, GpcrunError, ModelFileError, ReceiptError, ServerBinaryNotFound, UnknownGpuError
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -18,6 +18,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (GGUFError, 4),  # MissingShardError included
     (ServerBinaryNotFound, 5),
     (UnknownGpuError, 2),
+    (ReceiptError, 6),
     (GpcrunError, 1),
 ]
 

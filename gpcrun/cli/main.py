@@ -44,3 +44,4 @@ from . import inspect_cmd  # noqa: E402,F401  (registers commands)
 from . import profile_cmd  # noqa: E402,F401
 from . import plan_cmd  # noqa: E402,F401
 from . import serve_cmd  # noqa: E402,F401
+from . import receipt_cmd  # noqa: E402,F401

@@ -8,14 +8,13 @@ import click
 from ..errors import UnknownGpuError
 from ..fmt import human_bytes, table
 from ..gpu_specs import GPU_SPECS, find_spec
-from ..model import KV_CACHE_TYPES, load_model
-from ..plan import MIB, Plan, PlanArgError, Request, make_plan, parse_server_args
-from ..targets import target_from_profile
+from ..model import KV_CACHE_TYPES
 from .errors import EXIT_REFUSED
 from .main import emit_json, main
 
 
-def build_request(ctx, kv_type, parallel, floor, margin, server_args) -> Request:
+def build_request(ctx, kv_type, parallel, floor, margin, server_args):
+    from ..plan import MIB, PlanArgError, Request, parse_server_args
     try:
         pinned = parse_server_args(server_args)
     except PlanArgError as e:
@@ -28,6 +27,7 @@ def build_request(ctx, kv_type, parallel, floor, margin, server_args) -> Request
 
 def build_target(vram, gpu, refresh: bool):
     from ..hardware.profile import get_profile
+    from ..targets import target_from_profile
     specs = []
     for name in gpu:
         spec = find_spec(name)
@@ -54,6 +54,8 @@ def build_target(vram, gpu, refresh: bool):
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
 def plan_cmd(model, ctx, kv_type, parallel, floor, margin, vram, gpu, refresh, as_json, server_args):
     """Plan how to run MODEL with llama-server; arguments after -- are pinned and passed through."""
+    from ..model import load_model
+    from ..plan import make_plan
     req = build_request(ctx, kv_type, parallel, floor, margin, server_args)
     info = load_model(model)
     target = build_target(vram, gpu, refresh)
@@ -66,7 +68,7 @@ def plan_cmd(model, ctx, kv_type, parallel, floor, margin, vram, gpu, refresh, a
         raise SystemExit(EXIT_REFUSED)
 
 
-def render_plan(plan: Plan) -> str:
+def render_plan(plan) -> str:
     out = []
     ev = plan.chosen or plan.nearest
     if ev is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import click
 
 from ..fmt import human_bytes
-from ..hardware.profile import Profile, get_profile
 from .main import emit_json, main
 
 
@@ -15,6 +14,7 @@ from .main import emit_json, main
               help="Also measure read bandwidth of the filesystem holding PATH with fio (direct I/O).")
 def profile_cmd(as_json: bool, refresh: bool, disk: str | None) -> None:
     """Report GPUs, host memory, cgroup limits, platform and measured bandwidths; each value says how it was got."""
+    from ..hardware.profile import get_profile  # lazy: keeps other commands' start-up fast
     prof = get_profile(refresh=refresh, disk=disk)
     if as_json:
         emit_json(prof.to_json())

@@ -6,12 +6,8 @@ import sys
 import click
 
 from ..fmt import human_bytes
-from ..launch.binary import find_tool
-from ..launch.outcome import EXIT_REFUSED
-from ..launch.run import RunOptions, ServerRun, new_run_dir, server_argv, write_json_atomic
-from ..launch.watchdog import MIB, Limits
-from ..model import KV_CACHE_TYPES, load_model
-from ..plan import make_plan
+from ..model import KV_CACHE_TYPES
+from .errors import EXIT_REFUSED
 from .main import main
 from .plan_cmd import build_request, build_target
 
@@ -61,6 +57,11 @@ def serve_cmd(model, no_plan, force, quiet, server_bin, ctx, kv_type, parallel, 
               max_restarts, ready_timeout, grace, min_host_available, kill_host_available, min_gpu_free, max_temp,
               max_power, server_args):
     """Run MODEL under llama-server, supervised and watched; args after -- go to llama-server (user wins)."""
+    from ..launch.binary import find_tool
+    from ..launch.run import RunOptions, ServerRun, new_run_dir, server_argv, write_json_atomic
+    from ..launch.watchdog import MIB, Limits
+    from ..model import load_model
+    from ..plan import make_plan
     binary = find_tool("llama-server", server_bin)
     info = load_model(model)
     run_dir = new_run_dir()
