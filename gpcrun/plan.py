@@ -85,6 +85,7 @@ class Pinned:
     n_batch: int | None = None
     no_kv_offload: bool = False
     kv_unified: bool | None = None
+    load_mode: str | None = None
     passthrough: tuple[str, ...] = ()
 
 
@@ -162,6 +163,8 @@ def parse_server_args(argv: Sequence[str]) -> Pinned:
             p["n_ubatch"] = _int(name, val(a))
         elif name in ("-b", "--batch-size"):
             p["n_batch"] = _int(name, val(a))
+        elif name in ("-lm", "--load-mode"):
+            p["load_mode"] = val(a)
         elif name in ("-nkvo", "--no-kv-offload"):
             p["no_kv_offload"] = True
         elif name in ("-kvu", "--kv-unified"):
@@ -190,6 +193,7 @@ class Placement:
     n_ubatch: int = 512
     overrides: tuple[tuple[str, str], ...] = ()
     no_kv_offload: bool = False
+    mmap: bool = True  # llama.cpp's default load mode maps the file; -lm none/dio reads into buffers
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,7 @@ class DeviceMemory:
     other_bytes: int  # output buffer and process overhead (host); runtime overhead (GPU)
     capacity_bytes: int | None
     margin_bytes: int
+    weights_bytes: int | None = None  # the tensors themselves; model_bytes is what llama.cpp maps/allocates
 
     @property
     def self_bytes(self) -> int:
@@ -224,6 +229,7 @@ class DeviceMemory:
 
     def to_json(self) -> dict:
         return {"device": self.device, "kind": self.kind, "model_bytes": self.model_bytes,
+                "weights_bytes": self.weights_bytes,
                 "context_bytes": self.context_bytes, "compute_bytes": self.compute_bytes,
                 "other_bytes": self.other_bytes, "self_bytes": self.self_bytes, "total_bytes": self.total_bytes,
                 "capacity_bytes": self.capacity_bytes, "margin_bytes": self.margin_bytes,
@@ -313,6 +319,10 @@ class LayoutTable:
         # per layer: [dense bytes, expert bytes, dense read/token, expert read/token]; index L = output layer
         self.layer = [[0, 0, 0, 0] for _ in range(L + 1)]
         self.fixed: list[tuple[int, int, int]] = []  # (device, bytes, read bytes) pinned by -ot or the input layer
+        # file extents (shard, start, end) per layer group and of the fixed tensors: llama.cpp maps the span
+        # from the first to the last CPU tensor of each shard, so that is what the host holds (plan_accuracy.py)
+        self.layer_extent: list[list[dict]] = [[{}, {}] for _ in range(self.n_layer + 1)]
+        self.fixed_extent: list[tuple[int, int, int, int]] = []  # (device, shard, start, end)
         self.embd_bytes = 0
         self.embd_row_bytes = 0
         self.is_moe = False
@@ -325,8 +335,10 @@ class LayoutTable:
                 self.embd_bytes = t.n_bytes
                 self.embd_row_bytes = t.n_bytes // max(1, self.n_vocab)
                 read = self.embd_row_bytes
+            ext = (t.shard, t.file_offset, t.file_offset + t.n_bytes)
             if dev is not None:
                 self.fixed.append((dev, t.n_bytes, read))
+                self.fixed_extent.append((dev, *ext))
                 continue
             if t.layer is not None and t.layer < L:
                 row = self.layer[t.layer]
@@ -334,7 +346,10 @@ class LayoutTable:
                 row = self.layer[L]
             else:  # input layer and other globals stay on the CPU
                 self.fixed.append((0, t.n_bytes, read))
+                self.fixed_extent.append((0, *ext))
                 continue
+            il = t.layer if (t.layer is not None and t.layer < L) else L
+            _widen(self.layer_extent[il][1 if is_exps else 0], ext)
             if is_exps:
                 row[1] += t.n_bytes
                 row[3] += read
@@ -348,6 +363,24 @@ class LayoutTable:
         if key not in self._kv_cache:
             self._kv_cache[key] = self.model.kv_layers(type_k, type_v)
         return self._kv_cache[key]
+
+    def host_mapped_bytes(self, pl: "Placement", n_gpus: int) -> int:
+        """Bytes llama.cpp maps for CPU tensors: per shard, first CPU tensor start to last CPU tensor end."""
+        span: dict[int, list[int]] = {}
+        for dev, shard, lo, hi in self.fixed_extent:
+            if dev == 0:
+                _widen(span, (shard, lo, hi))
+        L = self.n_layer
+        for il in range(L + 1):
+            d = _layer_device(il, L, pl.ngl, n_gpus)
+            dense, exps = self.layer_extent[il]
+            if d == 0:
+                for shard, (lo, hi) in dense.items():
+                    _widen(span, (shard, lo, hi))
+            if d == 0 or il < pl.n_cpu_moe:
+                for shard, (lo, hi) in exps.items():
+                    _widen(span, (shard, lo, hi))
+        return sum(hi - lo for lo, hi in span.values())
 
     def weights_by_device(self, pl: "Placement", n_gpus: int) -> tuple[list[int], list[int]]:
         """(bytes held, bytes read per generated token) per device index (0 = CPU)."""
@@ -373,6 +406,12 @@ class LayoutTable:
             else:  # the CPU copy also serves as the output matmul
                 read[0] += self.embd_bytes - self.embd_row_bytes
         return held, read
+
+
+def _widen(span: dict, ext: tuple[int, int, int]) -> None:
+    shard, lo, hi = ext
+    cur = span.get(shard)
+    span[shard] = [lo, hi] if cur is None else [min(cur[0], lo), max(cur[1], hi)]
 
 
 def _layer_device(il: int, n_layer: int, ngl: int, n_gpus: int) -> int:
@@ -581,9 +620,10 @@ def memory_map(table: LayoutTable, target: Target, pl: Placement, req: Request) 
         else:
             margin = req.gpu_margin_bytes
             other = dev.runtime_overhead_bytes
-        out.append(DeviceMemory(dev.name, dev.kind, model_b[i], ctx_b[i],
+        held = table.host_mapped_bytes(pl, n_gpus) if (dev.kind == "host" and pl.mmap) else model_b[i]
+        out.append(DeviceMemory(dev.name, dev.kind, held, ctx_b[i],
                                 estimate_compute_bytes(facts, pl, dev.kind, runs[i]),
-                                other, dev.capacity_bytes, margin))
+                                other, dev.capacity_bytes, margin, model_b[i]))
     return tuple(out)
 
 
@@ -705,7 +745,8 @@ def _placement_rows(table: LayoutTable, target: Target, req: Request, ctx: int, 
     parallel = pin.parallel or req.parallel
     base = Placement(ngl=0, n_cpu_moe=0, ctx=ctx, type_k=tk, type_v=tv, parallel=parallel,
                      kv_unified=bool(pin.kv_unified), flash_attn=_fa_for(pin, tv), n_ubatch=pin.n_ubatch or 512,
-                     overrides=pin.overrides, no_kv_offload=pin.no_kv_offload)
+                     overrides=pin.overrides, no_kv_offload=pin.no_kv_offload,
+                     mmap=pin.load_mode not in ("none", "dio"))
     if not target.gpus:
         yield [base]
         return
