@@ -62,6 +62,7 @@ class Target:
     gpus: tuple[DeviceTarget, ...] = ()
     fingerprint: str | None = None
     threads: int | None = None
+    cpu_isa: tuple[str, ...] = ()  # decides which weight types llama.cpp repacks on the CPU
 
     @property
     def devices(self) -> tuple[DeviceTarget, ...]:
@@ -86,6 +87,7 @@ class Pinned:
     no_kv_offload: bool = False
     kv_unified: bool | None = None
     load_mode: str | None = None
+    repack: bool | None = None
     passthrough: tuple[str, ...] = ()
 
 
@@ -163,6 +165,10 @@ def parse_server_args(argv: Sequence[str]) -> Pinned:
             p["n_ubatch"] = _int(name, val(a))
         elif name in ("-b", "--batch-size"):
             p["n_batch"] = _int(name, val(a))
+        elif name in ("-nr", "--no-repack"):
+            p["repack"] = False
+        elif name == "--repack":
+            p["repack"] = True
         elif name in ("-lm", "--load-mode"):
             p["load_mode"] = val(a)
         elif name in ("-nkvo", "--no-kv-offload"):
@@ -194,6 +200,7 @@ class Placement:
     overrides: tuple[tuple[str, str], ...] = ()
     no_kv_offload: bool = False
     mmap: bool = True  # llama.cpp's default load mode maps the file; -lm none/dio reads into buffers
+    repack: bool = True  # CPU weight repacking (llama.cpp default; -nr/--no-repack turns it off)
 
 
 @dataclass(frozen=True)
@@ -304,7 +311,8 @@ def placement_json(p: Placement) -> dict:
 class LayoutTable:
     """Per-layer byte sums the search needs, computed once per model (and per user -ot list)."""
 
-    def __init__(self, model: ModelInfo, overrides: Sequence[tuple[str, str]] = (), n_gpus: int = 0):
+    def __init__(self, model: ModelInfo, overrides: Sequence[tuple[str, str]] = (), n_gpus: int = 0,
+                 repack_types: frozenset = frozenset()):
         f = model.facts
         self.model = model
         self.n_layer = int(f.get("block_count") or 0)
@@ -321,8 +329,11 @@ class LayoutTable:
         self.fixed: list[tuple[int, int, int]] = []  # (device, bytes, read bytes) pinned by -ot or the input layer
         # file extents (shard, start, end) per layer group and of the fixed tensors: llama.cpp maps the span
         # from the first to the last CPU tensor of each shard, so that is what the host holds (plan_accuracy.py)
-        self.layer_extent: list[list[dict]] = [[{}, {}] for _ in range(self.n_layer + 1)]
-        self.fixed_extent: list[tuple[int, int, int, int]] = []  # (device, shard, start, end)
+        # [all tensors, without repackable ones] x [dense, experts]; repacked CPU weights leave the mapping for a
+        # CPU_REPACK buffer of the same size (ggml-cpu repack.cpp asserts size == ggml_nbytes)
+        self.layer_extent: list[list[list[dict]]] = [[[{}, {}], [{}, {}]] for _ in range(self.n_layer + 1)]
+        self.layer_repack: list[list[int]] = [[0, 0] for _ in range(self.n_layer + 1)]
+        self.fixed_extent: list[tuple[int, int, int, int, int]] = []  # (device, shard, start, end, repack bytes)
         self.embd_bytes = 0
         self.embd_row_bytes = 0
         self.is_moe = False
@@ -336,9 +347,10 @@ class LayoutTable:
                 self.embd_row_bytes = t.n_bytes // max(1, self.n_vocab)
                 read = self.embd_row_bytes
             ext = (t.shard, t.file_offset, t.file_offset + t.n_bytes)
+            rp = t.n_bytes if _repackable(t, repack_types) else 0
             if dev is not None:
                 self.fixed.append((dev, t.n_bytes, read))
-                self.fixed_extent.append((dev, *ext))
+                self.fixed_extent.append((dev, *ext, rp))
                 continue
             if t.layer is not None and t.layer < L:
                 row = self.layer[t.layer]
@@ -346,10 +358,15 @@ class LayoutTable:
                 row = self.layer[L]
             else:  # input layer and other globals stay on the CPU
                 self.fixed.append((0, t.n_bytes, read))
-                self.fixed_extent.append((0, *ext))
+                self.fixed_extent.append((0, *ext, 0))
                 continue
             il = t.layer if (t.layer is not None and t.layer < L) else L
-            _widen(self.layer_extent[il][1 if is_exps else 0], ext)
+            g = 1 if is_exps else 0
+            _widen(self.layer_extent[il][0][g], ext)
+            if rp:
+                self.layer_repack[il][g] += rp
+            else:
+                _widen(self.layer_extent[il][1][g], ext)
             if is_exps:
                 row[1] += t.n_bytes
                 row[3] += read
@@ -365,22 +382,29 @@ class LayoutTable:
         return self._kv_cache[key]
 
     def host_mapped_bytes(self, pl: "Placement", n_gpus: int) -> int:
-        """Bytes llama.cpp maps for CPU tensors: per shard, first CPU tensor start to last CPU tensor end."""
+        """Host bytes llama.cpp holds for CPU weights: per shard, the span from the first to the last mapped CPU
+        tensor, plus repacked tensors (their own CPU_REPACK buffer) when repacking is on."""
         span: dict[int, list[int]] = {}
-        for dev, shard, lo, hi in self.fixed_extent:
+        repacked = 0
+        which = 1 if pl.repack else 0
+        for dev, shard, lo, hi, rp in self.fixed_extent:
             if dev == 0:
-                _widen(span, (shard, lo, hi))
+                if pl.repack and rp:
+                    repacked += rp
+                else:
+                    _widen(span, (shard, lo, hi))
         L = self.n_layer
         for il in range(L + 1):
             d = _layer_device(il, L, pl.ngl, n_gpus)
-            dense, exps = self.layer_extent[il]
-            if d == 0:
-                for shard, (lo, hi) in dense.items():
+            ext = self.layer_extent[il][which]
+            for g, on_cpu in ((0, d == 0), (1, d == 0 or il < pl.n_cpu_moe)):
+                if not on_cpu:
+                    continue
+                for shard, (lo, hi) in ext[g].items():
                     _widen(span, (shard, lo, hi))
-            if d == 0 or il < pl.n_cpu_moe:
-                for shard, (lo, hi) in exps.items():
-                    _widen(span, (shard, lo, hi))
-        return sum(hi - lo for lo, hi in span.values())
+                if pl.repack:
+                    repacked += self.layer_repack[il][g]
+        return sum(hi - lo for lo, hi in span.values()) + repacked
 
     def weights_by_device(self, pl: "Placement", n_gpus: int) -> tuple[list[int], list[int]]:
         """(bytes held, bytes read per generated token) per device index (0 = CPU)."""
@@ -406,6 +430,28 @@ class LayoutTable:
             else:  # the CPU copy also serves as the output matmul
                 read[0] += self.embd_bytes - self.embd_row_bytes
         return held, read
+
+
+# ggml-cpu repack.cpp ggml_repack_get_optimal_repack_type: weight types moved to CPU_REPACK, by CPU features.
+_REPACK_X86_AVX2 = frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"})
+_REPACK_ARM_DOTPROD = frozenset({"Q4_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "MXFP4", "Q8_0"})
+
+
+def repack_types_for(isa: Sequence[str] | None) -> frozenset:
+    """The ggml types this CPU repacks (x86 rules checked against llama.cpp here; ARM rules from the source)."""
+    flags = {f.lower() for f in (isa or ())}
+    if "avx2" in flags:
+        return _REPACK_X86_AVX2 | ({"Q2_K"} if "avx512f" in flags else set())
+    if "asimddp" in flags or "dotprod" in flags:
+        return _REPACK_ARM_DOTPROD
+    return frozenset()
+
+
+def _repackable(t, types: frozenset) -> bool:
+    # MUL_MAT (2-D) and MUL_MAT_ID (3-D experts) weights only; the token embedding is read by GET_ROWS
+    if t.type_name not in types or t.name.startswith("token_embd") or len(t.shape) not in (2, 3):
+        return False
+    return t.shape[1] % 8 == 0
 
 
 def _widen(span: dict, ext: tuple[int, int, int]) -> None:
@@ -620,7 +666,9 @@ def memory_map(table: LayoutTable, target: Target, pl: Placement, req: Request) 
         else:
             margin = req.gpu_margin_bytes
             other = dev.runtime_overhead_bytes
-        held = table.host_mapped_bytes(pl, n_gpus) if (dev.kind == "host" and pl.mmap) else model_b[i]
+        held = model_b[i]
+        if dev.kind == "host" and pl.mmap:
+            held = table.host_mapped_bytes(pl, n_gpus)
         out.append(DeviceMemory(dev.name, dev.kind, held, ctx_b[i],
                                 estimate_compute_bytes(facts, pl, dev.kind, runs[i]),
                                 other, dev.capacity_bytes, margin, model_b[i]))
@@ -746,7 +794,7 @@ def _placement_rows(table: LayoutTable, target: Target, req: Request, ctx: int, 
     base = Placement(ngl=0, n_cpu_moe=0, ctx=ctx, type_k=tk, type_v=tv, parallel=parallel,
                      kv_unified=bool(pin.kv_unified), flash_attn=_fa_for(pin, tv), n_ubatch=pin.n_ubatch or 512,
                      overrides=pin.overrides, no_kv_offload=pin.no_kv_offload,
-                     mmap=pin.load_mode not in ("none", "dio"))
+                     mmap=pin.load_mode not in ("none", "dio"), repack=pin.repack is not False)
     if not target.gpus:
         yield [base]
         return
@@ -821,7 +869,7 @@ def build_argv(model_path: str, pl: Placement, pin: Pinned, n_gpus: int) -> tupl
 
 
 def make_plan(model: ModelInfo, target: Target, req: Request, calibration: Calibration | None = None) -> Plan:
-    table = LayoutTable(model, req.pinned.overrides, len(target.gpus))
+    table = LayoutTable(model, req.pinned.overrides, len(target.gpus), repack_types_for(target.cpu_isa))
     n = 0
     best = best_any = closest = None
     kvs = _kv_candidates(req)

@@ -68,4 +68,5 @@ def target_from_profile(doc: Mapping[str, Any], vram_mib: Sequence[int] = (),
                                          None, "--vram (bandwidth unknown: add --gpu NAME for a speed forecast)"))
     else:
         gpus = gpus_from_profile(doc)
-    return Target(host, tuple(gpus), doc.get("fingerprint"), (doc.get("platform") or {}).get("cpus_usable"))
+    plat = doc.get("platform") or {}
+    return Target(host, tuple(gpus), doc.get("fingerprint"), plat.get("cpus_usable"), tuple(plat.get("isa") or ()))
