@@ -232,6 +232,8 @@ class DeviceMemory:
 
     @property
     def fits(self) -> bool | None:
+        if self.kind == "gpu" and self.self_bytes == 0:
+            return True  # a GPU the plan does not use needs no room
         return None if self.headroom_bytes is None else self.headroom_bytes >= 0
 
     def to_json(self) -> dict:
@@ -275,8 +277,7 @@ class Evaluation:
         return all(m.fits is not False for m in self.memory)
 
     def deficit_bytes(self) -> dict[str, int]:
-        return {m.device: -m.headroom_bytes for m in self.memory if m.headroom_bytes is not None
-                and m.headroom_bytes < 0}
+        return {m.device: -m.headroom_bytes for m in self.memory if m.fits is False}
 
 
 @dataclass(frozen=True)
@@ -813,25 +814,39 @@ def _placement_rows(table: LayoutTable, target: Target, req: Request, ctx: int, 
 
 def _search(table: LayoutTable, target: Target, req: Request, ctx: int, tk: str, tv: str,
             calibration: "Calibration | None", floor: float):
-    """(best above floor, best fitting, closest non-fitting, evaluations) at one context and KV type."""
+    """(best above floor, best fitting, closest non-fitting, evaluations) at one context and KV type.
+
+    In a row (one -ngl) every extra --n-cpu-moe layer frees VRAM and costs host memory and speed, so the
+    smallest count whose GPU side fits is the row's only candidate: found by binary search on memory alone,
+    and only that one gets a forecast."""
     best = best_any = closest = None
     n = 0
     for row in _placement_rows(table, target, req, ctx, tk, tv):
-        for pl in row:
+        lo, hi, pick = 0, len(row) - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
             n += 1
-            ev = evaluate(table, target, pl, req, calibration)
-            if ev.fits:
-                if _better(ev, best_any):
-                    best_any = ev
-                f = ev.forecast.decode_tok_s
-                if (f is None or f >= floor) and _better(ev, best):
-                    best = ev
-                break  # more experts on the CPU only frees VRAM it no longer needs, at a speed cost
+            mem = memory_map(table, target, row[mid], req)
+            if all(m.fits is not False for m in mem[1:]):
+                pick, hi = (mid, mem), mid - 1
+            else:
+                lo = mid + 1
+        if pick is None:  # the GPU side never fits in this row: remember how close the lightest one came
+            pl = row[-1]
+            ev = Evaluation(pl, memory_map(table, target, pl, req), forecast(table, target, pl, req, calibration))
+        else:
+            pl = row[pick[0]]
+            ev = Evaluation(pl, pick[1], forecast(table, target, pl, req, calibration))
+        if ev.fits:
+            if _better(ev, best_any):
+                best_any = ev
+            f = ev.forecast.decode_tok_s
+            if (f is None or f >= floor) and _better(ev, best):
+                best = ev
+        else:
             d = sum(ev.deficit_bytes().values())
             if closest is None or d < sum(closest.deficit_bytes().values()):
                 closest = ev
-            if ev.memory[0].fits is False:
-                break  # the host is already short: moving experts to it makes that worse
     return best, best_any, closest, n
 
 
@@ -890,7 +905,17 @@ def make_plan(model: ModelInfo, target: Target, req: Request, calibration: Calib
             break
     n_gpus = len(target.gpus)
     if best is not None:
-        return Plan("ship", ("fits: " + _describe_placement(best),), best, None,
+        reasons = ["fits: " + _describe_placement(best)]
+        free_kv = not (req.kv_type or req.pinned.type_k or req.pinned.type_v)
+        if free_kv and best.placement.type_k == "f16" and best.forecast.decode_tok_s:
+            alt, _, _, k = _search(table, target, req, best.placement.ctx, "q8_0", "q8_0", calibration,
+                                   req.floor_tok_s)
+            n += k
+            if alt and alt.forecast.decode_tok_s and alt.forecast.decode_tok_s > 1.05 * best.forecast.decode_tok_s:
+                gain = 100 * (alt.forecast.decode_tok_s / best.forecast.decode_tok_s - 1)
+                reasons.append(f"--kv-type q8_0 would free memory for a faster placement: "
+                               f"{_describe_placement(alt)} (+{gain:.0f} %)")
+        return Plan("ship", tuple(reasons), best, None,
                     build_argv(model.path, best.placement, req.pinned, n_gpus), target, n)
     reasons: list[str] = []
     if best_any is not None:
@@ -916,14 +941,24 @@ def make_plan(model: ModelInfo, target: Target, req: Request, calibration: Calib
 
 
 def _nearest(table, target, req, model, calibration, floor: float) -> Evaluation | None:
-    """Relax context and KV type (never the user's pinned placement) down to 512 tokens / q4_0."""
+    """Relax context and KV type (never the user's pinned placement) down to 512 tokens / q4_0.
+
+    Fitting is monotone in context (less context never needs more memory), so each KV type binary-searches the
+    ladder for its largest shippable context instead of walking it."""
     pin = replace(req.pinned, ctx=None, type_k=None, type_v=None)
     relaxed = replace(req, ctx=None, kv_type=None, pinned=pin, min_ctx=512)
-    for ctx in _ctx_candidates(model, relaxed):
-        for tk, tv in [("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")]:
-            b, _, _, _ = _search(table, target, relaxed, ctx, tk, tv, calibration, floor)
+    ladder = _ctx_candidates(model, relaxed)  # descending
+    for tk, tv in [("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")]:
+        lo, hi, found = 0, len(ladder) - 1, None
+        while lo <= hi:  # first index (largest context) that ships
+            mid = (lo + hi) // 2
+            b, _, _, _ = _search(table, target, relaxed, ladder[mid], tk, tv, calibration, floor)
             if b is not None:
-                return b
+                found, hi = b, mid - 1
+            else:
+                lo = mid + 1
+        if found is not None:
+            return found
     return None
 
 
@@ -945,7 +980,7 @@ def _describe_placement(ev: Evaluation) -> str:
 def _describe_deficit(ev: Evaluation) -> str:
     parts = []
     for m in ev.memory:
-        if m.headroom_bytes is not None and m.headroom_bytes < 0:
+        if m.fits is False:
             what = "VRAM" if m.kind == "gpu" else "host RAM"
             parts.append(f"needs {_gib(-m.headroom_bytes)} more {what} on {m.device}"
                          f" (plan {_gib(m.total_bytes)} + margin {_gib(m.margin_bytes)}"
