@@ -11,7 +11,6 @@ import socket
 import sqlite3
 import statistics
 import time
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -279,16 +278,8 @@ class ReceiptStore:
 
 # ----------------------------------------------------------------------------------------------- calibration
 
-@dataclass(frozen=True)
-class CalibrationData:
-    efficiency: float
-    band: tuple[float, float]
-    samples: int
-    method: str
-
-
 def calibrate(rows: Iterable[dict], model_fp: str | None, hardware_fp: str | None, arch: str | None,
-              threads: int | None = None) -> CalibrationData | None:
+              threads: int | None = None) -> "Calibration | None":
     """Realised efficiency (measured decode / ceiling) from good receipts: same model and hardware first,
     else same hardware and architecture (wider band). Failed runs and runs where the watchdog fired don't count."""
     good = [r for r in rows if r.get("outcome") == "clean_stop" and not r.get("watchdog_fired")
@@ -308,7 +299,18 @@ def calibrate(rows: Iterable[dict], model_fp: str | None, hardware_fp: str | Non
     spread = statistics.stdev(effs) / eff if len(effs) > 1 else 0.0
     # band narrows as receipts accumulate: 15 % at one receipt, ~5 % floor, plus the observed spread
     half = widen * max(0.05, 0.15 / len(effs) ** 0.5 + 2 * spread)
-    return CalibrationData(eff, (1 - half, 1 + half), len(effs), f"calibrated from {len(effs)} receipt(s), {how}")
+    from .plan import Calibration
+    return Calibration(eff, (1 - half, 1 + half), len(effs), f"calibrated from {len(effs)} receipt(s), {how}")
+
+
+def load_calibration(info, target, threads: int | None = None, store: "ReceiptStore | None" = None):
+    """Calibration for this model on this machine from the receipt store, or None (uncalibrated)."""
+    from .model import header_sha256
+    store = store or ReceiptStore()
+    rows = store.query()
+    if not rows:
+        return None
+    return calibrate(rows, header_sha256(info), target.fingerprint, info.architecture, threads)
 
 
 # ----------------------------------------------------------------------------------------------- markdown

@@ -25,6 +25,11 @@ def build_request(ctx, kv_type, parallel, floor, margin, server_args):
     return Request(ctx=ctx, kv_type=kv_type, parallel=parallel, floor_tok_s=floor, pinned=pinned, **kw)
 
 
+def load_calibration(info, target, pinned):
+    from ..receipt import argv_threads, load_calibration as load
+    return load(info, target, argv_threads(pinned.passthrough))
+
+
 def build_target(vram, gpu, refresh: bool):
     from ..hardware.profile import get_profile
     from ..targets import target_from_profile
@@ -59,7 +64,7 @@ def plan_cmd(model, ctx, kv_type, parallel, floor, margin, vram, gpu, refresh, a
     req = build_request(ctx, kv_type, parallel, floor, margin, server_args)
     info = load_model(model)
     target = build_target(vram, gpu, refresh)
-    plan = make_plan(info, target, req)
+    plan = make_plan(info, target, req, load_calibration(info, target, req.pinned))
     if as_json:
         emit_json(plan.to_json())
     else:

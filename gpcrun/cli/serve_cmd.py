@@ -9,7 +9,7 @@ from ..fmt import human_bytes
 from ..model import KV_CACHE_TYPES
 from .errors import EXIT_REFUSED
 from .main import main
-from .plan_cmd import build_request, build_target
+from .plan_cmd import build_request, build_target, load_calibration
 
 
 def plan_summary(plan) -> str:
@@ -69,7 +69,8 @@ def serve_cmd(model, no_plan, force, quiet, server_bin, ctx, kv_type, parallel, 
         args = ["-m", model, *server_args]
     else:
         req = build_request(ctx, kv_type, parallel, floor, margin, server_args)
-        plan = make_plan(info, build_target((), (), False), req)
+        target = build_target((), (), False)
+        plan = make_plan(info, target, req, load_calibration(info, target, req.pinned))
         write_json_atomic(run_dir / "plan.json", plan.to_json())
         click.echo(plan_summary(plan), err=True)
         if plan.verdict != "ship":
