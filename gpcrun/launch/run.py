@@ -131,8 +131,10 @@ class ServerRun:
         self._watchdog_action: Action | None = None
         self._tail_stop = threading.Event()
         self.ready_s: float | None = None
+        self.ready_event = threading.Event()  # set once a server became ready (run_until_stopped in a thread)
         self._nvml = None
         self._gpu_static: tuple = ()
+        self._incident_written = False
         write_json_atomic(opts.run_dir / "argv.json", opts.argv)
 
     # ---------------------------------------------------------------------------- control from outside
@@ -155,17 +157,20 @@ class ServerRun:
         if sup is None:
             return
         self._watchdog_action = self._watchdog_action or action
-        self.opts.echo(f"gpcrun: watchdog: {action.message} -> {'SIGKILL' if action.kind == 'kill' else 'SIGTERM'}")
-        if action.kind == "kill" or sup.term_sent_at is not None:
+        kill = action.kind == "kill" or sup.term_sent_at is not None  # a repeat after the grace escalates
+        if kill:
             sup.kill_now(f"watchdog {action.rule}")
         else:
-            if sup.state in (State.LOADING, State.READY):
-                sup._to(State.STOPPING, f"watchdog {action.rule}")
-            sup.term_sent_at = sup.clock()
-            sup.signal_group(signal.SIGTERM)
-        self._write_incident(action)
+            sup.begin_stop(f"watchdog {action.rule}")
+            sup.send_term()
+        signalled_at = time.time()
+        self.opts.echo(f"gpcrun: watchdog: {action.message} -> {'SIGKILL' if kill else 'SIGTERM'}")
+        self._write_incident(action, "SIGKILL" if kill else "SIGTERM", signalled_at)
 
-    def _write_incident(self, action: Action) -> None:
+    def _write_incident(self, action: Action, sent: str = "", signalled_at: float | None = None) -> None:
+        if self._incident_written:
+            return  # the first firing is the incident; an escalation shows in events.jsonl and run.json
+        self._incident_written = True
         wd = self.watchdog
         plan = None
         p = self.opts.run_dir / "plan.json"
@@ -174,7 +179,8 @@ class ServerRun:
                 plan = json.loads(p.read_text())
             except ValueError:
                 plan = None
-        doc = {"rule": action.rule, "kind": action.kind, "message": action.message, "t_wall": time.time(),
+        doc = {"rule": action.rule, "kind": action.kind, "message": action.message, "signal": sent,
+               "signal_t_wall": signalled_at, "t_wall": time.time(),
                "limits": self.opts.limits.to_json() if self.opts.limits else None,
                "samples": [s.to_json() for s in (wd.recent if wd else [])], "plan": plan, "argv": self.opts.argv,
                "advice": advice_for(action, plan)}
@@ -239,24 +245,21 @@ class ServerRun:
         try:
             sup.start()
         except OSError as e:
+            self._tail_stop.set()  # the log tail thread must not outlive a start that failed
             return Outcome("load_failed", 11, "exec", f"could not start {o.argv[0]}: {e.strerror or e}")
         wd.start()
         timeout = o.ready_timeout_s if o.ready_timeout_s is not None else load_timeout_s(o.model_bytes)
-        deadline = t0 + timeout
-        ready = False
-        while not self._stop_requested.is_set():  # short waits so a signal to gpcrun is seen at once
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            ready = sup.wait_ready(self.url, min(0.25, remaining))
-            if ready or sup.poll() is not None or sup.state is not State.LOADING:
-                break
+        # cancel: a signal to gpcrun is seen between two polls, not after the load timeout
+        ready = sup.wait_ready(self.url, max(0.0, t0 + timeout - time.monotonic()),
+                               cancel=self._stop_requested.is_set)
         phase = "ready" if ready else "loading"
         timed_out = False
         if ready:
             self.ready_s = time.monotonic() - t0
+            self.ready_event.set()
             o.echo(f"gpcrun: ready at {self.url} in {self.ready_s:.2f} s (run dir {o.run_dir})")
-            while not self._stop_requested.is_set() and sup.poll() is None:
+            # until a signal, a death, or the watchdog's SIGTERM (then stop() below enforces the grace period)
+            while not self._stop_requested.is_set() and sup.poll() is None and sup.state is State.READY:
                 self._stop_requested.wait(0.1)
         elif sup.poll() is None and not self._stop_requested.is_set() and sup.state is State.LOADING:
             timed_out = True

@@ -93,7 +93,7 @@ class Supervisor:
         self.returncode: int | None = None
         self.term_sent_at: float | None = None
         self.kill_sent_at: float | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._log_file = None
         self._record(None, State.STARTING, "created")
 
@@ -114,7 +114,15 @@ class Supervisor:
             if new not in ALLOWED[old]:
                 raise TransitionError(f"{old.value} -> {new.value} is not allowed")
             self.state = new
-        self._record(old, new, note)
+            self._record(old, new, note)  # under the lock: events.jsonl keeps the order of the transitions
+
+    def _to_if(self, sources: tuple[State, ...], new: State, note: str = "") -> bool:
+        """Check-and-move in one step (the watchdog thread and the main thread both move the state)."""
+        with self._lock:
+            if self.state not in sources:
+                return False
+            self._to(new, note)
+            return True
 
     # --------------------------------------------------------------------------------- life
 
@@ -141,41 +149,42 @@ class Supervisor:
         rc = self.proc.poll()
         if rc is not None and self.returncode is None:
             self.returncode = rc
-            if self.state in (State.LOADING, State.READY):
-                self._to(State.FAILED, f"exited {_describe_rc(rc)}")
-            elif self.state == State.STOPPING:
-                self._to(State.STOPPED, f"exited {_describe_rc(rc)}")
+            if not self._to_if((State.LOADING, State.READY), State.FAILED, f"exited {_describe_rc(rc)}"):
+                self._to_if((State.STOPPING,), State.STOPPED, f"exited {_describe_rc(rc)}")
         return rc
 
     def wait_ready(self, url: str, timeout_s: float, on_progress: Callable[[float], None] | None = None,
-                   poll_interval_s: float = 0.05) -> bool:
-        """True once /health is 200 and a real 1-token completion answers; False when the child died
-        or timeout_s passed (the caller decides what to do). Never sleeps past a child's death."""
+                   poll_interval_s: float = 0.05, cancel: Callable[[], bool] | None = None) -> bool:
+        """True once /health is 200 and a real 1-token completion answers; False when the child died,
+        timeout_s passed or cancel() said so (the caller decides what to do). Never sleeps past a child's
+        death; a /health that does not answer costs at most the time left (capped at 2 s) per try."""
         t0 = self.clock()
-        session = requests.Session()
-        healthy = False
-        while True:
-            if self.poll() is not None:
-                return False
-            if self.state is not State.LOADING:
-                return self.state is State.READY
-            elapsed = self.clock() - t0
-            if elapsed > timeout_s:
-                return False
-            if on_progress:
-                on_progress(elapsed)
-            try:
-                if not healthy:
-                    healthy = session.get(url + "/health", timeout=2).status_code == 200
-                if healthy:
-                    r = session.post(url + "/completion", json={"prompt": "Hi", "n_predict": 1,
-                                                                "cache_prompt": False}, timeout=60)
-                    if r.status_code == 200 and "content" in r.json():
-                        self._to(State.READY, f"/health 200 and a 1-token completion after {elapsed:.2f} s")
-                        return True
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(poll_interval_s)
+        with requests.Session() as session:
+            while True:
+                if self.poll() is not None:
+                    return False
+                if self.state is not State.LOADING:
+                    return self.state is State.READY
+                if cancel is not None and cancel():
+                    return False
+                elapsed = self.clock() - t0
+                if elapsed > timeout_s:
+                    return False
+                if on_progress:
+                    on_progress(elapsed)
+                try:
+                    health_timeout = max(0.25, min(2.0, timeout_s - elapsed))
+                    if session.get(url + "/health", timeout=health_timeout).status_code == 200:
+                        r = session.post(url + "/completion", json={"prompt": "Hi", "n_predict": 1,
+                                                                    "cache_prompt": False}, timeout=60)
+                        if r.status_code == 200 and "content" in r.json():
+                            note = f"/health 200 and a 1-token completion after {self.clock() - t0:.2f} s"
+                            return self._to_if((State.LOADING,), State.READY, note)
+                except (requests.RequestException, ValueError):
+                    pass
+                if cancel is not None and cancel():
+                    return False
+                time.sleep(poll_interval_s)
 
     def signal_group(self, sig: int) -> bool:
         if self.proc is None or self.proc.poll() is not None:
@@ -186,18 +195,30 @@ class Supervisor:
         except ProcessLookupError:
             return False
 
+    def begin_stop(self, reason: str) -> bool:
+        """LOADING/READY -> STOPPING (atomic); False when the server is already stopping or gone."""
+        return self._to_if((State.LOADING, State.READY), State.STOPPING, reason)
+
+    def send_term(self) -> bool:
+        """The ONE SIGTERM of a stop (a second one makes llama-server exit(1) at once); False if already sent."""
+        with self._lock:
+            if self.term_sent_at is not None:
+                return False
+            self.term_sent_at = self.clock()
+        return self.signal_group(signal.SIGTERM)
+
     def stop(self, reason: str, grace_s: float = 10.0) -> int | None:
-        """ONE SIGTERM to the group, wait grace_s, SIGKILL the group, reap. Idempotent."""
+        """ONE SIGTERM to the group, wait what is left of grace_s since it was sent, SIGKILL the group, reap.
+        Idempotent; a SIGTERM the watchdog already sent counts as this stop's one."""
         if self.proc is None:
             return None
         self.poll()
-        if self.state in (State.LOADING, State.READY):
-            self._to(State.STOPPING, reason)
-        if self.returncode is None and self.term_sent_at is None:
-            self.term_sent_at = self.clock()
-            self.signal_group(signal.SIGTERM)
+        self.begin_stop(reason)
+        if self.returncode is None:
+            self.send_term()
+        left = grace_s - (self.clock() - self.term_sent_at) if self.term_sent_at is not None else grace_s
         try:
-            self.proc.wait(timeout=grace_s)
+            self.proc.wait(timeout=max(0.0, left))
         except subprocess.TimeoutExpired:
             self.kill_sent_at = self.clock()
             self.signal_group(signal.SIGKILL)
@@ -209,8 +230,7 @@ class Supervisor:
 
     def kill_now(self, reason: str) -> None:
         """SIGKILL the group at once (watchdog: memory is about to run out)."""
-        if self.state in (State.LOADING, State.READY):
-            self._to(State.STOPPING, reason)
+        self.begin_stop(reason)
         self.kill_sent_at = self.clock()
         self.signal_group(signal.SIGKILL)
 

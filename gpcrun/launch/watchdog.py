@@ -63,6 +63,9 @@ class Limits:
     sustained_s: float = 10.0
     poll_min_s: float = 0.1
     poll_max_s: float = 1.0
+    # earlyoom's rule of thumb: poll as if memory could fill this fast even while it looks idle, so a load or
+    # a leak that starts between two polls cannot eat the headroom above the SIGTERM line unseen
+    assumed_fill_bytes_per_s: float = 6000 * MIB
 
     @classmethod
     def defaults(cls, host_limit_bytes: int | None, **kw) -> "Limits":
@@ -140,25 +143,30 @@ def _gpu(s: Sample, index: int, attr: str, default):
 
 
 def next_interval(limits: Limits, samples: Sequence[Sample]) -> float:
-    """Time until the headroom above the SIGTERM line is gone at the current fill rate, / 4, clamped."""
+    """Time until the headroom above the SIGTERM line is gone, / 4, clamped to [poll_min_s, poll_max_s].
+    Host memory is assumed to fill at least at assumed_fill_bytes_per_s (faster when measured faster); a GPU's
+    free VRAM at its measured rate. Slow when idle with a wide headroom, fast when memory moves or is short."""
     if len(samples) < 2:
         return limits.poll_min_s
     a, b = samples[len(samples) - 2], samples[len(samples) - 1]
     dt = b.t_mono - a.t_mono
     if dt <= 0 or a.host_available_bytes is None or b.host_available_bytes is None:
         return limits.poll_min_s
-    rate = (a.host_available_bytes - b.host_available_bytes) / dt  # bytes/s being used up
-    headroom = b.host_available_bytes - limits.host_term_available_bytes
+    host_rate = max((a.host_available_bytes - b.host_available_bytes) / dt,  # bytes/s being used up
+                    limits.assumed_fill_bytes_per_s or 0.0)
+    times = []
+    if host_rate > 0:
+        times.append((b.host_available_bytes - limits.host_term_available_bytes) / host_rate)
     for g_b in b.gpus:
         g_a = next((x for x in a.gpus if x.index == g_b.index), None)
-        if g_a and g_a.free_bytes is not None and g_b.free_bytes is not None:
-            gr = (g_a.free_bytes - g_b.free_bytes) / dt
-            gh = g_b.free_bytes - limits.gpu_min_free_bytes
-            if gr > 0 and (rate <= 0 or gh / gr < headroom / rate):
-                rate, headroom = gr, gh
-    if rate <= 0:
+        if g_b.unified_memory or not g_a or g_a.free_bytes is None or g_b.free_bytes is None:
+            continue
+        gr = (g_a.free_bytes - g_b.free_bytes) / dt
+        if gr > 0:
+            times.append((g_b.free_bytes - limits.gpu_min_free_bytes) / gr)
+    if not times:
         return limits.poll_max_s
-    return max(limits.poll_min_s, min(limits.poll_max_s, headroom / rate / 4))
+    return max(limits.poll_min_s, min(limits.poll_max_s, min(times) / 4))
 
 
 # ----------------------------------------------------------------------------------------------- sampling
@@ -299,6 +307,16 @@ class Watchdog:
             with open(self.samples_path, "a") as f:
                 f.write(json.dumps(s.to_json()) + "\n")
 
+    def _settling(self, action: Action) -> bool:
+        """True while the server was just signalled and gets after_kill_wait_s to exit: a repeat of the same
+        or a milder action waits; a SIGKILL line crossed after a SIGTERM acts at once."""
+        if not self.firings:
+            return False
+        last = self.firings[-1]
+        if self.clock() - last.t_mono >= self.after_kill_wait_s:
+            return False
+        return not (action.kind == "kill" and last.action.kind == "term")
+
     def step(self) -> float:
         """One sample -> decide -> act round; returns the seconds to wait before the next."""
         c0 = time.thread_time()
@@ -306,17 +324,18 @@ class Watchdog:
         self._record(s)
         action = decide(self.limits, self.recent)
         wait = next_interval(self.limits, self.recent)
-        if action.kind in ("term", "kill"):
+        if action.kind in ("term", "kill") and not self._settling(action):
             again = self.sample()  # re-read right before signalling: never act on a stale number
             self._record(again)
             confirmed = decide(self.limits, self.recent)
-            if confirmed.kind in ("term", "kill"):
+            if confirmed.kind in ("term", "kill") and not self._settling(confirmed):
                 self.firings.append(Firing(confirmed, self.clock(), time.time(), s, again))
                 if confirmed.rule not in self.envelope.limits_fired:
                     self.envelope.limits_fired.append(confirmed.rule)
                 self.cpu_s += time.thread_time() - c0
                 self.act(confirmed)
-                return self.after_kill_wait_s
+                # after a SIGTERM keep watching at the normal pace for the kill line; after a SIGKILL wait
+                return self.after_kill_wait_s if confirmed.kind == "kill" else min(wait, self.after_kill_wait_s)
         elif action.kind == "warn" and action.rule not in self._warned:
             self._warned.add(action.rule)
             if action.rule not in self.envelope.limits_fired:
