@@ -913,8 +913,8 @@ def make_plan(model: ModelInfo, target: Target, req: Request, calibration: Calib
             n += k
             if alt and alt.forecast.decode_tok_s and alt.forecast.decode_tok_s > 1.05 * best.forecast.decode_tok_s:
                 gain = 100 * (alt.forecast.decode_tok_s / best.forecast.decode_tok_s - 1)
-                reasons.append(f"--kv-type q8_0 would free memory for a faster placement: "
-                               f"{_describe_placement(alt)} (+{gain:.0f} %)")
+                reasons.append(f"--kv-type q8_0 forecasts faster (less KV to read, or room for a better"
+                               f" placement): {_describe_placement(alt)} (+{gain:.0f} %)")
         return Plan("ship", tuple(reasons), best, None,
                     build_argv(model.path, best.placement, req.pinned, n_gpus), target, n)
     reasons: list[str] = []
