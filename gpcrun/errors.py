@@ -46,5 +46,13 @@ class ReceiptError(GpcrunError):
     """A receipt file that is missing, not JSON, or does not match the schema."""
 
 
+class BatchError(GpcrunError):
+    """A job file that cannot be used, or an output directory another gpcrun holds."""
+
+
+class BatchLocked(BatchError):
+    pass
+
+
 class UnknownGpuError(GpcrunError):
     """--gpu NAME not in the spec table."""

@@ -5,7 +5,8 @@ import os
 import sys
 import traceback
 
-from ..errors import GGUFError, GpcrunError, ModelFileError, ReceiptError, ServerBinaryNotFound, UnknownGpuError
+from ..errors import (BatchError, BatchLocked, GGUFError, GpcrunError, ModelFileError, ReceiptError,
+                      ServerBinaryNotFound, UnknownGpuError)
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -19,6 +20,8 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (ServerBinaryNotFound, 5),
     (UnknownGpuError, 2),
     (ReceiptError, 6),
+    (BatchLocked, 8),
+    (BatchError, 7),
     (GpcrunError, 1),
 ]
 

@@ -46,3 +46,4 @@ from . import plan_cmd  # noqa: E402,F401
 from . import serve_cmd  # noqa: E402,F401
 from . import receipt_cmd  # noqa: E402,F401
 from . import bench_cmd  # noqa: E402,F401
+from . import batch_cmd  # noqa: E402,F401
