@@ -254,72 +254,75 @@ def _skip_strings_py(buf, pos: int, count: int, end: int, path: str, unpack_u64)
 
 
 def _skip_strings_fast(buf, pos: int, count: int, end: int, path: str, unpack_u64) -> int:
-    """Offset after `count` GGUF strings starting at `pos`, little-endian only.
+    """Offset after `count` GGUF strings starting at `pos`, little-endian only; exact, like _skip_strings_py.
 
-    Candidates are offsets whose u64 length has its top six bytes zero (length < 65536) and that some other
-    candidate points at; the chain from `pos` is then followed link by link (cand[i] + 8 + len[i] ==
-    cand[i+1]) over runs checked in bulk, so the result is exact. A string of 64 KiB or more, or the end of
-    the window, restarts the scan there.
+    Candidates are offsets whose u64 length is < 256 (seven zero bytes follow the low one): in vocabularies
+    nearly every candidate is a true boundary and nearly every boundary a candidate. From `pos` the chain is
+    followed exactly: a run of candidates each ending where the next begins (cand + 8 + len == next cand)
+    is taken in bulk, a boundary that is no candidate (a string of 256+ bytes) is stepped over with struct,
+    and the window's end rescans from the last boundary. Data that defeats this falls back to the plain loop.
     """
     import numpy as np
 
+    if count < 512:
+        return _skip_strings_py(buf, pos, count, end, path, unpack_u64)
+    probe = 256  # the first strings give the mean length that sizes the scan window
+    p0 = pos
+    pos = _skip_strings_py(buf, pos, probe, end, path, unpack_u64)
+    count -= probe
+    per = (pos - p0) / probe
     arr = np.frombuffer(buf, dtype=np.uint8)
-    window = max(count * 24, 1 << 16)
-    restarts = 0
+    windows = 0
     while count > 0:
-        if count < 256 or restarts > 64:
+        hi = min(end, pos + int(count * per * 1.05) + 4096)
+        n = hi - pos
+        if count < 256 or n < 64 or windows > 32:
             return _skip_strings_py(buf, pos, count, end, path, unpack_u64)
-        hi = min(end, pos + window)
-        w = arr[pos:hi]
-        n = w.size
-        if n < 16:
-            return _skip_strings_py(buf, pos, count, end, path, unpack_u64)
-        # a u64 length < 65536, read at each of the 8 byte alignments: one compare per 8 bytes
-        hits = np.zeros((n // 8 + 1, 8), dtype=bool)
-        for a in range(8):
-            m = (n - a) // 8
-            np.less(np.frombuffer(buf, "<u8", count=m, offset=pos + a), 65536, out=hits[:m, a])
-        cand = np.flatnonzero(hits.ravel())
-        del hits
-        if cand.size == 0 or cand[0] != 0:  # the first string is >= 64 KiB long
-            pos = _skip_strings_py(buf, pos, 1, end, path, unpack_u64)
-            count -= 1
-            restarts += 1
-            continue
-        nxt = cand + 8 + (w[cand].astype(np.int64) | (w[cand + 1].astype(np.int64) << 8))
-        # False candidates are rarely pointed at; three rounds leave few (gemma-4: 777k -> 42k -> ~0).
-        pointed = np.zeros(n + 1, dtype=bool)
-        for _ in range(3):
-            pointed[nxt[nxt <= n]] = True
-            pointed[0] = True
-            keep = pointed[cand]
-            cand, nxt = cand[keep], nxt[keep]
-            pointed[:] = False
-        breaks = np.flatnonzero(cand[1:] != nxt[:-1])
+        windows += 1
+        z = np.equal(arr[pos:hi], 0)
+        np.logical_and(z[:-1], z[1:], out=z[:-1])  # z[i]: bytes i, i+1 zero
+        np.logical_and(z[:-3], z[2:-1], out=z[:-3])  # bytes i..i+3
+        np.logical_and(z[:-6], z[3:-3], out=z[:-6])  # bytes i..i+6
+        cand = np.flatnonzero(z[1:n - 6])  # p <= n - 8 whose bytes p+1..p+7 are zero
+        del z
+        nxt = cand + 8 + arr[pos:hi][cand]
+        breaks = np.flatnonzero(cand[1:] != nxt[:-1])  # run ends
         last = cand.size - 1
-        i = 0
+        b = 0  # the current true boundary, relative to pos
+        covered = stepped = lookups = 0
         while True:
-            t = int(np.searchsorted(breaks, i))
-            j = int(breaks[t]) if t < breaks.size else last
-            run = j - i + 1
-            if run >= count:
-                new_pos = pos + int(nxt[i + count - 1])
-                if new_pos > end:
-                    raise GGUFError(path, "string array runs past end of file", pos + int(cand[i + count - 1]))
-                return new_pos
-            count -= run
-            b = int(nxt[j])
             k = int(np.searchsorted(cand, b))
-            if k < cand.size and int(cand[k]) == b:
-                i = k
-                continue
-            pos += b  # a long string or the window's end: rescan from the next true boundary
-            restarts += 1
-            if pos > end:
-                raise GGUFError(path, "string array runs past end of file", pos)
-            if pos + 8 > hi:
-                window *= 2
-            break
+            lookups += 1
+            if k <= last and int(cand[k]) == b:
+                t = int(np.searchsorted(breaks, k))
+                j = int(breaks[t]) if t < breaks.size else last
+                run = j - k + 1
+                if run >= count:
+                    new_pos = pos + int(nxt[k + count - 1])
+                    if new_pos > end:
+                        raise GGUFError(path, "string array runs past end of file", pos + int(cand[k + count - 1]))
+                    return new_pos
+                count -= run
+                covered += run
+                b = int(nxt[j])
+            elif b + 8 <= n:  # a string of 256+ bytes: read its length
+                ln = unpack_u64(buf, pos + b)[0]
+                b += 8 + ln
+                count -= 1
+                stepped += 1
+                if pos + b > end:
+                    raise GGUFError(path, f"string length {ln} runs past end of file", pos + b - ln - 8)
+                if count == 0:
+                    return pos + b
+            else:
+                break  # past the window: scan the next one from here
+            if lookups > 256 and covered < 16 * lookups:  # long strings or zero-filled data: the loop is cheaper
+                return _skip_strings_py(buf, pos + b, count, end, path, unpack_u64)
+        if pos + b > end:
+            raise GGUFError(path, "string array runs past end of file", pos + b)
+        if covered + stepped:
+            per = b / (covered + stepped)
+        pos += b
     return pos
 
 
@@ -456,10 +459,11 @@ def _tensor_infos(h: _Header, size: int, path: str, shard: int) -> tuple[list[Te
         n = 1
         for d in dims:
             n *= d
-            if n > INT64_MAX:
+            if n > INT64_MAX or d > INT64_MAX:  # ggml stores ne as int64: a huge dim is invalid even beside a 0
                 raise GGUFError(path, f"tensor {name!r} dims {list(dims)} overflow int64", tpos)
-        if dims and dims[0] % block:
-            raise GGUFError(path, f"tensor {name!r}: first dim {dims[0]} is not a multiple of block size {block}"
+        ne0 = dims[0] if dims else 1  # ggml: missing dims are 1
+        if ne0 % block:
+            raise GGUFError(path, f"tensor {name!r}: first dim {ne0} is not a multiple of block size {block}"
                             f" of {GGML_TYPE_NAMES[ttype]}", tpos)
         nbytes = n // block * tsize
         if offset % h.alignment:
@@ -542,15 +546,18 @@ def load_model(path: str | os.PathLike) -> ModelInfo:
         for i, p in enumerate(paths):
             if not os.path.exists(p):
                 raise MissingShardError(p, f"missing shard {i + 1} of {len(paths)} of split model {path}")
-    shards = []
-    tensors: list[TensorInfo] = []
-    metadata: dict[str, KVField] = {}
+    parts = []
     for i, p in enumerate(paths):
         h, infos, shard_info = _read_file(p, i)
-        if i == 0:
-            metadata = h.metadata
-        shards.append(shard_info)
-        tensors.extend(infos)
+        parts.append((h.metadata, infos, shard_info))
+    return assemble_model(paths, parts)
+
+
+def assemble_model(paths: list[str], parts: list[tuple[dict, list, "ShardInfo"]]) -> ModelInfo:
+    """One ModelInfo from the parsed shards (metadata, tensors, shard info) of a model, checked together."""
+    shards = [p[2] for p in parts]
+    tensors: list[TensorInfo] = [t for p in parts for t in p[1]]
+    metadata: dict[str, KVField] = parts[0][0]
     if len(paths) > 1:
         declared = metadata.get("split.count")
         if declared is not None and declared.value != len(paths):
@@ -558,7 +565,7 @@ def load_model(path: str | os.PathLike) -> ModelInfo:
         total = metadata.get("split.tensors.count")
         if total is not None and total.value != len(tensors):
             raise GGUFError(paths[0], f"split.tensors.count is {total.value} but shards hold {len(tensors)}")
-    facts = derive_facts(metadata, tensors)
+    facts = derive_facts(metadata, tensors, paths[0])
     return ModelInfo(paths[0], tuple(shards), MappingProxyType(metadata), tuple(tensors), MappingProxyType(facts))
 
 
@@ -572,16 +579,43 @@ def _per_layer(v: Any, n_layer: int) -> list | None:
     return [v] * n_layer
 
 
-def derive_facts(md: Mapping[str, KVField], tensors: Iterable[TensorInfo]) -> dict[str, Any]:
+_INT_TYPES = frozenset(("UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "UINT64", "INT64"))
+# llama.cpp's LLAMA_MAX_LAYERS is 512; this looser bound only keeps per-layer work finite.
+MAX_BLOCK_COUNT = 1 << 16
+
+
+def _int_value(md: Mapping[str, KVField], key: str, path: str, bools: bool = False) -> Any:
+    """An integer hparam (scalar or kept array), or None if absent; wrong types raise like llama.cpp does."""
+    f = md.get(key)
+    if f is None:
+        return None
+    t = f.elem_type if f.type == "ARRAY" else f.type
+    if t not in _INT_TYPES and not (bools and t == "BOOL"):
+        desc = f"ARRAY of {f.elem_type}" if f.type == "ARRAY" else f.type
+        raise GGUFError(path, f"key {key!r} has type {desc}, expected an integer or an array of integers")
+    if f.type == "ARRAY" and f.value is None:
+        raise GGUFError(path, f"key {key!r} is an array of {f.count} elements, too long for a per-layer value")
+    if any(v < 0 for v in (f.value if f.type == "ARRAY" else (f.value,))):
+        raise GGUFError(path, f"key {key!r} has a negative value")
+    return f.value
+
+
+def derive_facts(md: Mapping[str, KVField], tensors: Iterable[TensorInfo], path: str = "<metadata>") -> dict[str, Any]:
+    """Facts from the metadata; raises GGUFError (naming `path`) for hparams of the wrong type or out of range."""
     def g(key: str) -> Any:
         f = md.get(key)
         return None if f is None else f.value
 
+    arch_f = md.get("general.architecture")
+    if arch_f is not None and arch_f.type != "STRING":
+        raise GGUFError(path, f"key 'general.architecture' has type {arch_f.type}, expected STRING")
     arch = g("general.architecture")
-    a = (lambda k: g(f"{arch}.{k}")) if arch else (lambda k: None)
+    a = (lambda k, bools=False: _int_value(md, f"{arch}.{k}", path, bools)) if arch else (lambda k, bools=False: None)
     tensors = list(tensors)
     ftype = g("general.file_type")
     n_layer = a("block_count")
+    if isinstance(n_layer, tuple) or (n_layer is not None and n_layer > MAX_BLOCK_COUNT):
+        raise GGUFError(path, f"{arch}.block_count is {n_layer!r}, expected an integer <= {MAX_BLOCK_COUNT}")
     n_embd = a("embedding_length")
     n_head = a("attention.head_count")
     n_head_kv = a("attention.head_count_kv")
@@ -597,7 +631,7 @@ def derive_facts(md: Mapping[str, KVField], tensors: Iterable[TensorInfo]) -> di
     if vocab is None:
         emb = next((t for t in tensors if t.name == "token_embd.weight"), None)
         vocab = emb.shape[1] if emb is not None and len(emb.shape) > 1 else None
-    swa_pattern = a("attention.sliding_window_pattern")
+    swa_pattern = a("attention.sliding_window_pattern", bools=True)
     n_layer_dense = a("leading_dense_block_count")
     facts: dict[str, Any] = {
         "architecture": arch,
@@ -661,7 +695,7 @@ def kv_cache_layers(facts: Mapping[str, Any], type_k: str = "f16", type_v: str =
     hv_swa = facts.get("value_length_swa") or hv
     window = facts.get("sliding_window")
     pat = facts.get("sliding_window_pattern")
-    if window and isinstance(pat, tuple):
+    if window and isinstance(pat, tuple) and pat:  # an empty array: no pattern
         is_swa = [bool(x) for x in _per_layer(pat, n_layer)]
     elif window and isinstance(pat, int):
         is_swa = [pat == 0 or (il % pat < pat - 1) for il in range(n_layer)]
@@ -701,3 +735,40 @@ def _recurrent_state_bytes(facts: Mapping[str, Any]) -> int:
     r = (d_conv - 1 if d_conv > 0 else 0) * (d_inner + 2 * n_group * d_state)
     s = d_state * d_inner
     return 4 * (r + s)
+
+
+def header_sha256(info: ModelInfo) -> str:
+    """sha256 over every shard's header bytes (metadata + tensor infos): identifies the model without reading
+    the weights (a receipt's model fingerprint)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for s in info.shards:
+        with open(s.path, "rb") as f:
+            remaining = s.header_bytes
+            while remaining > 0:
+                chunk = f.read(min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                h.update(chunk)
+                remaining -= len(chunk)
+    return h.hexdigest()
+
+
+class HeaderIncomplete(GGUFError):
+    """The bytes given end inside the GGUF header: fetch more (hub range reads)."""
+
+
+def parse_header_bytes(buf: bytes, file_size: int, path: str, shard: int = 0) -> tuple[dict, list, ShardInfo]:
+    """Parse a header from the first len(buf) bytes of a file of file_size bytes (a ranged download).
+
+    Tensor extents and the reconciliation are checked against file_size. HeaderIncomplete when buf is shorter
+    than the file and ends inside the header."""
+    try:
+        h = _parse(buf, len(buf), path)
+    except GGUFError as e:
+        if len(buf) < file_size and not isinstance(e, HeaderIncomplete):
+            raise HeaderIncomplete(path, f"the header extends past the first {len(buf)} bytes", e.offset) from None
+        raise
+    infos, shard_info = _tensor_infos(h, file_size, path, shard)
+    return h.metadata, infos, shard_info
