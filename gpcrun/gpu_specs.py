@@ -30,6 +30,7 @@ _SPECS = [
     GpuSpec("RTX 5090", 32 * GIB, 1792e9, 419.0, "nvidia.com GeForce RTX 5090 specs; Blackwell whitepaper"),
     GpuSpec("T4", 16 * GIB, 320e9, 65.0, "NVIDIA T4 datasheet"),
     GpuSpec("L4", 24 * GIB, 300e9, 121.0, "NVIDIA L4 datasheet"),
+    GpuSpec("L40", 48 * GIB, 864e9, 181.0, "NVIDIA L40 datasheet"),
     GpuSpec("L40S", 48 * GIB, 864e9, 362.0, "NVIDIA L40S datasheet"),
     GpuSpec("A100 40GB", 40 * GIB, 1555e9, 312.0, "NVIDIA A100 datasheet (SXM4 40GB)"),
     GpuSpec("A100 80GB", 80 * GIB, 2039e9, 312.0, "NVIDIA A100 datasheet (SXM4 80GB)"),

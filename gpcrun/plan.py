@@ -11,6 +11,7 @@ Placement follows llama.cpp's own rules (src/llama-model.cpp load_tensors, commo
 """
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -54,6 +55,7 @@ class DeviceTarget:
     runtime_overhead_bytes: int = 0  # memory the backend takes outside llama.cpp's buffers (CUDA context)
     flops: float | None = None  # dense fp16 FLOP/s, spec sheet only
     source: str = "profile"
+    limit_bytes: int | None = None  # host: effective limit (cgroup included); the margin is a share of it
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ class Pinned:
     kv_unified: bool | None = None
     load_mode: str | None = None
     repack: bool | None = None
+    swa_full: bool = False
+    tensor_split: tuple[float, ...] | None = None
     passthrough: tuple[str, ...] = ()
 
 
@@ -134,6 +138,8 @@ def parse_server_args(argv: Sequence[str]) -> Pinned:
     while i < len(args):
         a = args[i]
         name = a.split("=", 1)[0] if a.startswith("--") else a
+        if name.startswith("--"):
+            name = name.replace("_", "-")  # llama.cpp treats '_' as '-' in long options
         if name in ("-ngl", "--gpu-layers", "--n-gpu-layers"):
             v = val(a)
             p["ngl"] = 10 ** 6 if v in ("all", "-2") else (None if v in ("auto", "-1") else _int(name, v))
@@ -145,7 +151,7 @@ def parse_server_args(argv: Sequence[str]) -> Pinned:
             for part in val(a).split(","):
                 if "=" not in part:
                     raise PlanArgError(f"-ot expects pattern=BUFFER_TYPE, got {part!r}")
-                pat, buft = part.rsplit("=", 1)
+                pat, buft = part.split("=", 1)  # llama.cpp splits at the first '=' 
                 try:
                     re.compile(pat)
                 except re.error as e:
@@ -158,13 +164,24 @@ def parse_server_args(argv: Sequence[str]) -> Pinned:
         elif name in ("-ctv", "--cache-type-v"):
             p["type_v"] = val(a)
         elif name in ("-np", "--parallel"):
-            p["parallel"] = _int(name, val(a))
+            n = _int(name, val(a))
+            if n < 0:  # llama-server's auto: 4 slots sharing one unified KV cache (server.cpp)
+                p["parallel"], p["kv_unified"] = 4, p.get("kv_unified", True)
+            else:
+                p["parallel"] = n
         elif name in ("-fa", "--flash-attn"):
             p["flash_attn"] = val(a)
         elif name in ("-ub", "--ubatch-size"):
             p["n_ubatch"] = _int(name, val(a))
         elif name in ("-b", "--batch-size"):
             p["n_batch"] = _int(name, val(a))
+        elif name == "--swa-full":
+            p["swa_full"] = True
+        elif name in ("-ts", "--tensor-split"):
+            try:
+                p["tensor_split"] = tuple(float(x) for x in re.split(r"[,/]", val(a)) if x != "")
+            except ValueError:
+                raise PlanArgError(f"{name} expects proportions like 3,1") from None
         elif name in ("-nr", "--no-repack"):
             p["repack"] = False
         elif name == "--repack":
@@ -200,6 +217,8 @@ class Placement:
     overrides: tuple[tuple[str, str], ...] = ()
     no_kv_offload: bool = False
     mmap: bool = True  # llama.cpp's default load mode maps the file; -lm none/dio reads into buffers
+    splits: tuple[float, ...] = ()  # cumulative GPU shares (-ts, else free memory), llama.cpp's layer split
+    swa_full: bool = False  # --swa-full: sliding-window layers keep the whole context
     repack: bool = True  # CPU weight repacking (llama.cpp default; -nr/--no-repack turns it off)
 
 
@@ -396,7 +415,7 @@ class LayoutTable:
                     _widen(span, (shard, lo, hi))
         L = self.n_layer
         for il in range(L + 1):
-            d = _layer_device(il, L, pl.ngl, n_gpus)
+            d = _layer_device(il, L, pl.ngl, n_gpus, pl.splits)
             ext = self.layer_extent[il][which]
             for g, on_cpu in ((0, d == 0), (1, d == 0 or il < pl.n_cpu_moe)):
                 if not on_cpu:
@@ -416,14 +435,14 @@ class LayoutTable:
             read[dev] += r
         L = self.n_layer
         for il in range(L + 1):
-            d = _layer_device(il, L, pl.ngl, n_gpus)
+            d = _layer_device(il, L, pl.ngl, n_gpus, pl.splits)
             dense_b, exp_b, dense_r, exp_r = self.layer[il]
             held[d] += dense_b
             read[d] += dense_r
             de = 0 if il < pl.n_cpu_moe else d
             held[de] += exp_b
             read[de] += exp_r
-        out_dev = _layer_device(L, L, pl.ngl, n_gpus)
+        out_dev = _layer_device(L, L, pl.ngl, n_gpus, pl.splits)
         if self.tied_output:
             if out_dev != 0:  # TENSOR_DUPLICATED: a second copy on the output device, read in full
                 held[out_dev] += self.embd_bytes
@@ -461,15 +480,21 @@ def _widen(span: dict, ext: tuple[int, int, int]) -> None:
     span[shard] = [lo, hi] if cur is None else [min(cur[0], lo), max(cur[1], hi)]
 
 
-def _layer_device(il: int, n_layer: int, ngl: int, n_gpus: int) -> int:
-    """Device index for layer il (n_layer = output layer): 0 = CPU, 1.. = GPUs (equal split)."""
+def _layer_device(il: int, n_layer: int, ngl: int, n_gpus: int, splits: tuple[float, ...] = ()) -> int:
+    """Device index for layer il (n_layer = output layer): 0 = CPU, 1.. = GPUs.
+
+    llama-model.cpp: GPU = upper_bound(cumulative splits, (il - i_gpu_start) / ngl), the splits being -ts or
+    each device's free memory; equal shares when none are given."""
     if n_gpus == 0:
         return 0
     ngl = max(0, min(ngl, n_layer + 1))
     i_gpu_start = max(n_layer + 1 - ngl, 0)
     if il < i_gpu_start or il - i_gpu_start >= ngl:
         return 0
-    return 1 + min(n_gpus - 1, int((il - i_gpu_start) * n_gpus / ngl))
+    x = (il - i_gpu_start) / ngl
+    if splits and len(splits) == n_gpus:
+        return 1 + min(n_gpus - 1, bisect.bisect_right(splits, x))
+    return 1 + min(n_gpus - 1, int(x * n_gpus))
 
 
 def _buft_device(buft: str, n_gpus: int) -> int | None:
@@ -502,12 +527,12 @@ def context_bytes_by_device(table: LayoutTable, pl: Placement, n_gpus: int) -> l
     n_stream = 1 if pl.kv_unified else n_seq
     n_ctx_seq = n_ctx if pl.kv_unified else n_ctx // n_seq
     for l in table.kv_layers(pl.type_k, pl.type_v):
-        dev = 0 if pl.no_kv_offload else _layer_device(l.layer, table.n_layer, pl.ngl, n_gpus)
+        dev = 0 if pl.no_kv_offload else _layer_device(l.layer, table.n_layer, pl.ngl, n_gpus, pl.splits)
         if l.kind == "recurrent":  # one state row per sequence (llama-memory-recurrent.cpp)
             out[dev] += l.state_bytes_per_seq * n_seq
             continue
         cells = n_ctx_seq
-        if l.kind == "swa" and l.window:
+        if l.kind == "swa" and l.window and not pl.swa_full:
             # iswa: PAD(min(n_ctx_seq, n_swa * (unified ? n_seq : 1) + n_ubatch), 256) cells per stream
             cells = _pad(min(n_ctx_seq, l.window * (n_seq if pl.kv_unified else 1) + pl.n_ubatch))
         out[dev] += (l.k_bytes_per_token + l.v_bytes_per_token) * cells * n_stream
@@ -654,14 +679,14 @@ def memory_map(table: LayoutTable, target: Target, pl: Placement, req: Request) 
     facts = dict(table.model.facts)
     runs = [False] * (n_gpus + 1)
     for il in range(table.n_layer + 1):
-        runs[_layer_device(il, table.n_layer, pl.ngl, n_gpus)] = True
+        runs[_layer_device(il, table.n_layer, pl.ngl, n_gpus, pl.splits)] = True
     runs[0] = True  # the CPU backend always holds the input and the graph's CPU parts
     out = []
     for i, dev in enumerate(target.devices):
         if dev.kind == "host":
             margin = req.host_margin_bytes
-            if margin is None:
-                base = dev.capacity_bytes or 0
+            if margin is None:  # the watchdog's SIGTERM line: max(1 GiB, 5 % of the effective limit)
+                base = dev.limit_bytes or dev.capacity_bytes or 0
                 margin = max(HOST_MARGIN_MIN_BYTES, int(HOST_MARGIN_FRACTION * base))
             other = output_buffer_bytes(table, pl) + HOST_PROCESS_OVERHEAD_BYTES
         else:
@@ -682,7 +707,7 @@ def bytes_read_per_token(table: LayoutTable, pl: Placement, n_gpus: int, kv_fill
     """Bytes each device reads to generate one token: active weights plus the KV cache at kv_fill tokens."""
     _, out = table.weights_by_device(pl, n_gpus)
     for l in table.kv_layers(pl.type_k, pl.type_v):
-        dev = 0 if pl.no_kv_offload else _layer_device(l.layer, table.n_layer, pl.ngl, n_gpus)
+        dev = 0 if pl.no_kv_offload else _layer_device(l.layer, table.n_layer, pl.ngl, n_gpus, pl.splits)
         if l.kind == "recurrent":
             out[dev] += l.state_bytes_per_seq
         else:
@@ -700,7 +725,7 @@ def forecast(table: LayoutTable, target: Target, pl: Placement, req: Request,
     unknown = False
     n_layers_on = [0] * (n_gpus + 1)
     for il in range(table.n_layer):
-        n_layers_on[_layer_device(il, table.n_layer, pl.ngl, n_gpus)] += 1
+        n_layers_on[_layer_device(il, table.n_layer, pl.ngl, n_gpus, pl.splits)] += 1
     for i, dev in enumerate(target.devices):
         if reads[i] == 0:
             continue
@@ -792,10 +817,13 @@ def _placement_rows(table: LayoutTable, target: Target, req: Request, ctx: int, 
     pin = req.pinned
     n_layer = table.n_layer
     parallel = pin.parallel or req.parallel
+    # llama-context.cpp: n_ubatch = min(n_batch, n_ubatch), defaults 2048 / 512
+    ubatch = min(pin.n_ubatch or 512, pin.n_batch or 2048)
     base = Placement(ngl=0, n_cpu_moe=0, ctx=ctx, type_k=tk, type_v=tv, parallel=parallel,
-                     kv_unified=bool(pin.kv_unified), flash_attn=_fa_for(pin, tv), n_ubatch=pin.n_ubatch or 512,
+                     kv_unified=bool(pin.kv_unified), flash_attn=_fa_for(pin, tv), n_ubatch=ubatch,
                      overrides=pin.overrides, no_kv_offload=pin.no_kv_offload,
-                     mmap=pin.load_mode not in ("none", "dio"), repack=pin.repack is not False)
+                     mmap=pin.load_mode not in ("none", "dio"), repack=pin.repack is not False,
+                     splits=_splits(pin.tensor_split, target), swa_full=pin.swa_full)
     if not target.gpus:
         yield [base]
         return
@@ -850,10 +878,29 @@ def _search(table: LayoutTable, target: Target, req: Request, ctx: int, tk: str,
     return best, best_any, closest, n
 
 
+def _splits(tensor_split, target: Target) -> tuple[float, ...]:
+    """Cumulative GPU shares as llama.cpp computes them: -ts if given, else each GPU's free memory."""
+    shares = list(tensor_split) if tensor_split else [d.capacity_bytes or 0 for d in target.gpus]
+    if len(target.gpus) < 2 or len(shares) != len(target.gpus) or sum(shares) <= 0:
+        return ()
+    total, acc, out = float(sum(shares)), 0.0, []
+    for x in shares:
+        acc += x
+        out.append(acc / total)
+    return tuple(out)
+
+
 def _better(a: Evaluation, b: Evaluation | None) -> bool:
     if b is None:
         return True
-    fa, fb = a.forecast.decode_tok_s or 0.0, b.forecast.decode_tok_s or 0.0
+    fa, fb = a.forecast.decode_tok_s, b.forecast.decode_tok_s
+    if fa is None or fb is None:
+        # a GPU of unknown bandwidth: more work on the GPUs is the better bet
+        ga = sum(m.weights_bytes or m.model_bytes for m in a.memory if m.kind == "gpu")
+        gb = sum(m.weights_bytes or m.model_bytes for m in b.memory if m.kind == "gpu")
+        if ga != gb:
+            return ga > gb
+        fa, fb = fa or 0.0, fb or 0.0
     if abs(fa - fb) > 1e-9 * max(fa, fb, 1.0):
         return fa > fb
     ha = min((m.headroom_bytes or 0) for m in a.memory)
@@ -868,8 +915,6 @@ def build_argv(model_path: str, pl: Placement, pin: Pinned, n_gpus: int) -> tupl
         argv += ["-c", str(pl.ctx)]
     if pin.ngl is None:
         argv += ["-ngl", str(pl.ngl)]
-    if pin.n_cpu_moe is None and not pin.cpu_moe and pl.n_cpu_moe:
-        argv += ["--n-cpu-moe", str(pl.n_cpu_moe)]
     if pin.type_k is None:
         argv += ["-ctk", pl.type_k]
     if pin.type_v is None:
@@ -880,7 +925,27 @@ def build_argv(model_path: str, pl: Placement, pin: Pinned, n_gpus: int) -> tupl
         argv += ["-np", str(pl.parallel)]
     if "--fit" not in pin.passthrough and "-fit" not in pin.passthrough:
         argv += ["--fit", "off"]  # the plan is the fit; llama.cpp's must not move things again
-    return tuple(argv) + tuple(pin.passthrough)
+    argv += _without_auto_ngl(pin.passthrough)
+    if pin.n_cpu_moe is None and not pin.cpu_moe and pl.n_cpu_moe:
+        # after the user's -ot: llama.cpp applies overrides in order, first match wins, as the plan assumes
+        argv += ["--n-cpu-moe", str(pl.n_cpu_moe)]
+    return tuple(argv)
+
+
+def _without_auto_ngl(args: Sequence[str]) -> list[str]:
+    """The user's args minus '-ngl auto|-1' (the plan chose -ngl; passed after it, llama.cpp would take all)."""
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        name = a.split("=", 1)[0].replace("_", "-") if a.startswith("--") else a
+        if name in ("-ngl", "--gpu-layers", "--n-gpu-layers"):
+            v = a.split("=", 1)[1] if "=" in a and a.startswith("--") else (args[i + 1] if i + 1 < len(args) else "")
+            if v in ("auto", "-1"):
+                i += 1 if "=" in a else 2
+                continue
+        out.append(a)
+        i += 1
+    return out
 
 
 def make_plan(model: ModelInfo, target: Target, req: Request, calibration: Calibration | None = None) -> Plan:

@@ -1,6 +1,7 @@
 """Profile document (gpcrun.profile/1) or spec sheets -> plan.Target. Pure: no I/O."""
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping, Sequence
 
 from .gpu_specs import GpuSpec, find_spec
@@ -15,20 +16,28 @@ def host_from_profile(doc: Mapping[str, Any]) -> DeviceTarget:
     bw = ((doc.get("bandwidth") or {}).get("cpu_memory") or {})
     # numpy copy bandwidth counts read + write; decode mostly streams reads: use it as the read rate
     return DeviceTarget("CPU", "host", hm.get("effective_available_bytes"), bw.get("bytes_per_s"),
-                        source="profile: effective_available_bytes, " + (bw.get("method") or "bandwidth unknown"))
+                        source="profile: effective_available_bytes, " + (bw.get("method") or "bandwidth unknown"),
+                        limit_bytes=hm.get("effective_limit_bytes"))
+
+
+# NVML names -> spec-table names; most specific first, whole tokens only ("L40" must not match "L4").
+_NAME_RULES = [
+    (r"\bH200\b", "H200"), (r"\bH100\b.*\b(SXM|HBM3)", "H100 SXM"), (r"\bH100\b", "H100 PCIe"),
+    (r"\bA100\b.*\b80\s?GB\b", "A100 80GB"), (r"\bA100\b", "A100 40GB"), (r"\bL40S\b", "L40S"),
+    (r"\bL40\b", "L40"), (r"\bL4\b", "L4"), (r"\bT4\b", "T4"), (r"\b5090\b", "RTX 5090"),
+    (r"\b4090\b", "RTX 4090"), (r"\b4080\b", "RTX 4080"), (r"\b4070\b(?!\s*Ti)", "RTX 4070"),
+    (r"\b4060\s*Ti\b.*16", "RTX 4060 Ti 16GB"), (r"\b3090\b", "RTX 3090"), (r"\b3060\b", "RTX 3060"),
+]
 
 
 def _spec_for_name(name: str) -> GpuSpec | None:
     spec = find_spec(name)
     if spec:
         return spec
-    low = name.lower()
-    for key in ("h200", "h100 sxm", "h100 pcie", "a100 80gb", "a100 40gb", "l40s", "l4", "t4", "rtx 5090",
-                "rtx 4090", "rtx 4080", "rtx 4070", "rtx 3090", "rtx 3060"):
-        if key.replace("rtx ", "") in low:
+    text = name.replace("-", " ").replace("_", " ")
+    for pat, key in _NAME_RULES:
+        if re.search(pat, text, re.IGNORECASE):
             return find_spec(key)
-    if "h100" in low:
-        return find_spec("h100 sxm" if "hbm3" in low else "h100 pcie")
     return None
 
 
