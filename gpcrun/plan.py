@@ -953,21 +953,38 @@ def make_plan(model: ModelInfo, target: Target, req: Request, calibration: Calib
     n = 0
     best = best_any = closest = None
     kvs = _kv_candidates(req)
-    requested_ctx = req.pinned.ctx if req.pinned.ctx is not None else req.ctx
-    for ctx in _ctx_candidates(model, req):
-        for tk, tv in kvs:  # f16 first: q8_0 only when f16 ships nothing at this context
+    ctxs = _ctx_candidates(model, req)
+
+    def at(ctx: int, kv_list) -> Evaluation | None:
+        """f16 first: q8_0 only when f16 ships nothing at this context."""
+        nonlocal n, best_any, closest
+        for tk, tv in kv_list:
             b, a, c, k = _search(table, target, req, ctx, tk, tv, calibration, req.floor_tok_s)
             n += k
-            best = b
             if a is not None and _better(a, best_any):
                 best_any = a
             if c is not None and (closest is None or sum(c.deficit_bytes().values())
                                   < sum(closest.deficit_bytes().values())):
                 closest = c
-            if best is not None:
-                break
-        if best is not None:  # the largest context (or the requested one) that ships
-            break
+            if b is not None:
+                return b
+        return None
+
+    # The largest context that ships: less context never needs more memory nor reads more per token, so
+    # binary-search the ladder with the most permissive KV type, then take the preferred type there.
+    lo, hi, first = 0, len(ctxs) - 1, None
+    while lo <= hi and len(ctxs) > 1:
+        mid = (lo + hi) // 2
+        if at(ctxs[mid], kvs[-1:]) is not None:
+            first, hi = mid, mid - 1
+        else:
+            lo = mid + 1
+    if len(ctxs) == 1:
+        best = at(ctxs[0], kvs)
+    elif first is not None:
+        best = at(ctxs[first], kvs)
+    else:
+        at(ctxs[-1], kvs)  # nothing ships: the smallest context says how close it came
     n_gpus = len(target.gpus)
     if best is not None:
         reasons = ["fits: " + _describe_placement(best)]
