@@ -56,3 +56,8 @@ class BatchLocked(BatchError):
 
 class UnknownGpuError(GpcrunError):
     """--gpu NAME not in the spec table."""
+
+
+class HubError(GpcrunError):
+    """A Hugging Face Hub ref that cannot be resolved or read: no such repo, revision, file or quant; no
+    network (or HF_HUB_OFFLINE=1) and nothing cached; access denied."""

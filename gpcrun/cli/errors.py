@@ -5,7 +5,7 @@ import os
 import sys
 import traceback
 
-from ..errors import (BatchError, BatchLocked, GGUFError, GpcrunError, ModelFileError, ReceiptError,
+from ..errors import (BatchError, BatchLocked, GGUFError, GpcrunError, HubError, ModelFileError, ReceiptError,
                       ServerBinaryNotFound, UnknownGpuError)
 
 EXIT_OK = 0
@@ -22,6 +22,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (ReceiptError, 6),
     (BatchLocked, 8),
     (BatchError, 7),
+    (HubError, 9),
     (GpcrunError, 1),
 ]
 

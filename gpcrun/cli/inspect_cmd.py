@@ -17,12 +17,16 @@ from .main import emit_json, main
               help="KV cache type for the per-token KV figures.")
 @click.option("--tensors/--no-tensors", default=True, show_default=True, help="List every tensor (text mode).")
 def inspect_cmd(model: str, as_json: bool, kv_type: str, tensors: bool) -> None:
-    """Read a GGUF header (all shards) and report facts, tensors, byte totals and KV cost."""
-    info = load_model(model)
+    """Read a GGUF header (all shards) and report facts, tensors, byte totals and KV cost.
+
+    MODEL is a path, or a hub ref (hf://OWNER/REPO[@REV]/FILE.gguf, OWNER/REPO[:QUANT]): its header only is read."""
+    from ..hub import describe, is_hub_ref, load_ref_header
+    info, hub = load_ref_header(model) if is_hub_ref(model) else (load_model(model), None)
     if as_json:
-        emit_json(info.to_json(kv_type))
+        emit_json(dict(info.to_json(kv_type), **({"hub": hub} if hub else {})))
         return
-    click.echo(render_text(info, kv_type, tensors))
+    text = render_text(info, kv_type, tensors)
+    click.echo(text.replace("\n", "\n" + describe(hub) + "\n", 1) if hub else text)
 
 
 def _v(x):

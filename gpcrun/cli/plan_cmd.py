@@ -58,17 +58,24 @@ def build_target(vram, gpu, refresh: bool):
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (schema gpcrun.plan/1).")
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
 def plan_cmd(model, ctx, kv_type, parallel, floor, margin, vram, gpu, refresh, as_json, server_args):
-    """Plan how to run MODEL with llama-server; arguments after -- are pinned and passed through."""
+    """Plan how to run MODEL with llama-server; arguments after -- are pinned and passed through.
+
+    MODEL is a path, or a hub ref (hf://OWNER/REPO[@REV]/FILE.gguf, OWNER/REPO[:QUANT]): its header only is read."""
+    from dataclasses import replace
+
+    from ..hub import describe, hub_argv, is_hub_ref, load_ref_header
     from ..model import load_model
     from ..plan import make_plan
     req = build_request(ctx, kv_type, parallel, floor, margin, server_args)
-    info = load_model(model)
+    info, hub = load_ref_header(model) if is_hub_ref(model) else (load_model(model), None)
     target = build_target(vram, gpu, refresh)
     plan = make_plan(info, target, req, load_calibration(info, target, req.pinned))
+    if hub:
+        plan = replace(plan, argv=hub_argv(plan.argv, info, hub))
     if as_json:
-        emit_json(plan.to_json())
+        emit_json(dict(plan.to_json(), **({"hub": hub} if hub else {})))
     else:
-        click.echo(render_plan(plan))
+        click.echo(render_plan(plan) + ("\n" + describe(hub) if hub else ""))
     if plan.verdict != "ship":
         raise SystemExit(EXIT_REFUSED)
 
