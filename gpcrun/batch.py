@@ -14,6 +14,7 @@ import io
 import itertools
 import json
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -59,19 +60,36 @@ class Job:
         return ", ".join(parts) or "defaults"
 
 
-def parse_jobs(text: str, base_dir: Path, source: str = "JOBS.toml") -> tuple[dict, list[Job]]:
-    """Parse and expand a job file. Relative model paths are relative to the job file."""
+BATCH_KEYS = MATRIX_KEYS + ("output",)
+MODEL_KEYS = ("path", "ref", "name", "server_args")
+
+
+def parse_jobs(text: str, base_dir: Path, source: str = "JOBS.toml",
+               env: Mapping[str, str] | None = None) -> tuple[dict, list[Job]]:
+    """Parse and expand a job file. Relative model paths are relative to the job file; `~` and `$VAR` /
+    `${VAR}` in a model path are expanded from the environment (an unset variable is an error)."""
+    env = os.environ if env is None else env
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise BatchError(f"{source}: not valid TOML ({e})") from None
+    unknown = set(doc) - {"batch", "models", "matrix"}
+    if unknown:
+        raise BatchError(f"{source}: unknown top-level keys {sorted(unknown)} (known: batch, models, matrix)")
     batch = doc.get("batch") or {}
     if not isinstance(batch, dict):
         raise BatchError(f"{source}: [batch] must be a table")
+    unknown = set(batch) - set(BATCH_KEYS)
+    if unknown:
+        raise BatchError(f"{source}: unknown [batch] keys {sorted(unknown)} (known: {', '.join(BATCH_KEYS)})")
+    if "output" in batch and not isinstance(batch["output"], str):
+        raise BatchError(f"{source}: [batch] output must be a string (a directory)")
     models = doc.get("models")
     if not isinstance(models, list) or not models:
         raise BatchError(f"{source}: needs at least one [[models]] entry with a path or ref")
     matrix = doc.get("matrix") or {}
+    if not isinstance(matrix, dict):
+        raise BatchError(f"{source}: [matrix] must be a table")
     unknown = set(matrix) - set(MATRIX_KEYS)
     if unknown:
         raise BatchError(f"{source}: unknown [matrix] keys {sorted(unknown)} (known: {', '.join(MATRIX_KEYS)})")
@@ -90,17 +108,28 @@ def parse_jobs(text: str, base_dir: Path, source: str = "JOBS.toml") -> tuple[di
     for mi, m in enumerate(models):
         if not isinstance(m, dict) or not (m.get("path") or m.get("ref")):
             raise BatchError(f"{source}: models[{mi}] needs 'path' or 'ref'")
-        spec = m.get("ref") or m["path"]
-        if m.get("path") and not os.path.isabs(m["path"]) and "://" not in m["path"]:
-            spec = str((base_dir / m["path"]).resolve())
+        unknown = set(m) - set(MODEL_KEYS)
+        if unknown:
+            raise BatchError(f"{source}: models[{mi}]: unknown keys {sorted(unknown)} (known: {', '.join(MODEL_KEYS)})")
+        if m.get("path") and m.get("ref"):
+            raise BatchError(f"{source}: models[{mi}]: give 'path' or 'ref', not both")
+        for k in ("path", "ref", "name"):
+            if k in m and not isinstance(m[k], str):
+                raise BatchError(f"{source}: models[{mi}].{k} must be a string")
+        model_args = m.get("server_args") or []
+        if not isinstance(model_args, list) or not all(isinstance(a, str) for a in model_args):
+            raise BatchError(f"{source}: models[{mi}].server_args must be a list of strings")
+        spec = m.get("ref") or _expand_path(m["path"], env, f"{source}: models[{mi}].path")
+        if m.get("path") and not os.path.isabs(spec) and "://" not in spec:
+            spec = str((base_dir / spec).resolve())
         label = m.get("name") or os.path.basename(str(spec))
-        model_args = list(m.get("server_args") or [])
         for combo in itertools.product(*[vals for _, vals in axes]) if axes else [()]:
             s = dict(defaults)
             for (k, _), v in zip(axes, combo):
                 s[k] = v
-            s["server_args"] = model_args + list(s.get("server_args") or [])
             _check_settings(s, source)
+            s["server_args"] = list(model_args) + list(s["server_args"])
+            _check_server_args(s["server_args"], f"{source}: models[{mi}] ({label})")
             jid = hashlib.sha256(json.dumps({"model": spec, "settings": s}, sort_keys=True).encode()).hexdigest()[:12]
             jobs.append(Job(len(jobs), jid, spec, label, s))
     ids = [j.id for j in jobs]
@@ -109,37 +138,79 @@ def parse_jobs(text: str, base_dir: Path, source: str = "JOBS.toml") -> tuple[di
     return batch, jobs
 
 
+def _expand_path(path: str, env: Mapping[str, str], where: str) -> str:
+    def var(mt: "re.Match") -> str:
+        name = mt.group(1) or mt.group(2)
+        if not env.get(name):
+            raise BatchError(f"{where}: ${name} is not set (in {path!r})")
+        return env[name]
+    out = re.sub(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))", var, path)
+    return os.path.expanduser(out)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _check_settings(s: dict, source: str) -> None:
-    if s["ctx"] is not None and (not isinstance(s["ctx"], int) or s["ctx"] < 0):
+    from .model import KV_CACHE_TYPES
+    if s["ctx"] is not None and (not _is_int(s["ctx"]) or s["ctx"] < 0):
         raise BatchError(f"{source}: ctx must be a non-negative integer, got {s['ctx']!r}")
+    if s["kv_type"] is not None and s["kv_type"] not in KV_CACHE_TYPES:
+        raise BatchError(f"{source}: kv_type must be one of {', '.join(KV_CACHE_TYPES)}, got {s['kv_type']!r}")
     if not isinstance(s["server_args"], list) or not all(isinstance(a, str) for a in s["server_args"]):
         raise BatchError(f"{source}: server_args must be a list of strings")
-    if not isinstance(s["concurrency"], list) or not all(isinstance(c, int) and c >= 1 for c in s["concurrency"]):
+    if not isinstance(s["concurrency"], list) or not all(_is_int(c) and c >= 1 for c in s["concurrency"]):
         raise BatchError(f"{source}: concurrency must be a list of integers >= 1")
     for k in ("timeout_s",):
-        if not isinstance(s[k], (int, float)) or s[k] <= 0:
-            raise BatchError(f"{source}: {k} must be a positive number")
+        if not isinstance(s[k], (int, float)) or isinstance(s[k], bool) or s[k] <= 0:
+            raise BatchError(f"{source}: {k} must be a positive number, got {s[k]!r}")
     for k in ("prompt_tokens", "gen_tokens", "repetitions", "parallel"):
-        if not isinstance(s[k], int) or s[k] < 1:
-            raise BatchError(f"{source}: {k} must be an integer >= 1")
+        if not _is_int(s[k]) or s[k] < 1:
+            raise BatchError(f"{source}: {k} must be an integer >= 1, got {s[k]!r}")
+
+
+def _check_server_args(args: list[str], where: str) -> None:
+    """The planner reads some llama-server flags (-c, -ngl, -ctk...): a value it cannot parse is a job-file error
+    now, not a failure in the middle of the batch."""
+    from .plan import PlanArgError, parse_server_args
+    try:
+        parse_server_args(args)
+    except PlanArgError as e:
+        raise BatchError(f"{where}: server_args: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------- sharding
 
 def shard_from_env(env: Mapping[str, str]) -> tuple[int, int] | None:
-    """Slurm job arrays (SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT, with SLURM_ARRAY_TASK_MIN as offset) or
-    Kubernetes Indexed Jobs (JOB_COMPLETION_INDEX with GPCRUN_SHARD_COUNT, which the manifest sets)."""
+    """Slurm job arrays (SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT, with SLURM_ARRAY_TASK_MIN as offset and
+    SLURM_ARRAY_TASK_STEP as stride: --array=0-3, 1-4 and 0-6:2 all give shards 0..3 of 4) or Kubernetes Indexed
+    Jobs (JOB_COMPLETION_INDEX with GPCRUN_SHARD_COUNT, which the manifest sets)."""
+    def num(name: str) -> int:
+        try:
+            return int(env[name])
+        except ValueError:
+            raise BatchError(f"${name}={env[name]!r} is not an integer") from None
+
     if env.get("SLURM_ARRAY_TASK_ID") not in (None, ""):
-        count = env.get("SLURM_ARRAY_TASK_COUNT")
-        if not count:
+        if not env.get("SLURM_ARRAY_TASK_COUNT"):
             raise BatchError("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not")
-        offset = int(env.get("SLURM_ARRAY_TASK_MIN") or 0)
-        return int(env["SLURM_ARRAY_TASK_ID"]) - offset, int(count)
+        tid, count = num("SLURM_ARRAY_TASK_ID"), num("SLURM_ARRAY_TASK_COUNT")
+        offset = num("SLURM_ARRAY_TASK_MIN") if env.get("SLURM_ARRAY_TASK_MIN") else 0
+        step = num("SLURM_ARRAY_TASK_STEP") if env.get("SLURM_ARRAY_TASK_STEP") else 1
+        k, rem = divmod(tid - offset, max(step, 1))
+        if rem or not 0 <= k < count:
+            raise BatchError(f"Slurm array task {tid} (min {offset}, step {step}, count {count}) is not one of "
+                             f"{count} evenly spaced tasks: use --array=0-{count - 1}, or pass --shard I/N")
+        return k, count
     if env.get("JOB_COMPLETION_INDEX") not in (None, ""):
-        count = env.get("GPCRUN_SHARD_COUNT")
-        if not count:
+        if not env.get("GPCRUN_SHARD_COUNT"):
             raise BatchError("JOB_COMPLETION_INDEX is set: also set GPCRUN_SHARD_COUNT to the Job's completions")
-        return int(env["JOB_COMPLETION_INDEX"]), int(count)
+        i, n = num("JOB_COMPLETION_INDEX"), num("GPCRUN_SHARD_COUNT")
+        if n < 1 or not 0 <= i < n:
+            raise BatchError(f"JOB_COMPLETION_INDEX={i} is outside 0..GPCRUN_SHARD_COUNT-1 ({n}): set "
+                             "GPCRUN_SHARD_COUNT to the Job's completions")
+        return i, n
     return None
 
 
@@ -314,8 +385,8 @@ def write_reports(out_dir: Path, rows: Sequence[dict]) -> None:
 
 def collect(dirs: Sequence[Path]) -> list[dict]:
     """Summary rows from one or more batch output directories (gpcrun batch report)."""
-    rows = []
-    for d in dirs:
+    rows: list[tuple[int, int, dict]] = []
+    for n, d in enumerate(dirs):
         db = Path(d) / "state.sqlite"
         if not db.exists():
             raise BatchError(f"{d}: no state.sqlite (not a gpcrun batch output directory)")
@@ -324,10 +395,15 @@ def collect(dirs: Sequence[Path]) -> list[dict]:
             for r in st.all():
                 row = summary_row(r)
                 row["job"] = f"{Path(d).name}:{row['job']}" if len(dirs) > 1 else row["job"]
-                rows.append(row)
+                rows.append((r["idx"], n, row))
         finally:
             st.close()
-    return rows
+    # the shards of one batch (shard-I-of-N, same N) merge back into the expansion order of the whole batch
+    shard_ns = {m.group(1) if (m := re.fullmatch(r"shard-\d+-of-(\d+)", Path(d).resolve().name)) else None
+                for d in dirs}
+    if len(dirs) > 1 and len(shard_ns) == 1 and None not in shard_ns:
+        rows.sort(key=lambda t: (t[0], t[1]))
+    return [row for _, _, row in rows]
 
 
 # ----------------------------------------------------------------------------------------------- run
@@ -338,9 +414,12 @@ class BatchRunner:
     out_dir: Path
     run_job: Callable[[Job, Path], dict]  # -> {"ok", "receipt", "outcome", "exit_code", "summary"}
     echo: Callable[[str], None] = field(default=lambda m: print(m, file=sys.stderr, flush=True))
+    banner: str = ""  # echoed once the output directory is ours (a refused second gpcrun prints only its error)
 
     def run(self) -> list[dict]:
         with OutputLock(self.out_dir):
+            if self.banner:
+                self.echo(self.banner)
             st = BatchState(self.out_dir)
             try:
                 st.sync(self.jobs)
@@ -358,6 +437,11 @@ class BatchRunner:
                     except GpcrunError as e:
                         res = {"ok": False, "receipt": None, "outcome": "error", "exit_code": 1,
                                "summary": {"error": str(e)}}
+                    except Exception as e:  # noqa: BLE001 - one job's bug must not end the batch
+                        res = {"ok": False, "receipt": None, "outcome": "error", "exit_code": 1,
+                               "summary": {"error": f"internal error: {type(e).__name__}: {e}"}}
+                    if res["outcome"] == "error":
+                        self.echo(f"gpcrun batch:   error: {res['summary'].get('error')}")
                     st.mark_finished(job.id, res["ok"], res.get("receipt"), res["outcome"], res["exit_code"],
                                      res.get("summary") or {})
                     self.echo(f"gpcrun batch:   -> {res['outcome']}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -36,10 +37,12 @@ def measured_run(spec: RunSpec, store, runs_root: Path | None = None,
                  echo: Callable[[str], None] = lambda m: None) -> tuple[dict, Path]:
     """Returns (receipt document, receipt path). Never raises for a server or bench failure."""
     from .bench import BenchClient, BenchConfig, run_bench
+    from .cli import main as _cli  # noqa: F401 - first: cli.plan_cmd imported on its own is a circular import
     from .cli.plan_cmd import build_request, build_target, load_calibration
     from .hardware.profile import get_profile
     from .launch.binary import find_tool
-    from .launch.run import RunOptions, ServerRun, free_port, new_run_dir, server_argv, write_json_atomic
+    from .launch.run import RunOptions, ServerRun, free_port, new_run_dir, server_argv, url_of, \
+        write_json_atomic
     from .model import header_sha256, load_model
     from .plan import make_plan
     from .receipt import build_receipt, compare_with_forecast
@@ -73,21 +76,33 @@ def measured_run(spec: RunSpec, store, runs_root: Path | None = None,
     if "--metrics" not in args:
         args.append("--metrics")
     has_port = any(a == "--port" or a.startswith("--port=") for a in args)
-    argv = server_argv(str(binary), args, port=None if has_port else free_port())
-    run = ServerRun(RunOptions(argv=argv, run_dir=run_dir, model_bytes=info.file_size_bytes, quiet=True, echo=echo,
-                               ready_timeout_s=spec.timeout_s))
-    box: dict = {}
-    th = threading.Thread(target=lambda: box.update(r=run.run_until_stopped()), name="gpcrun-run", daemon=True)
-    th.start()
-    while not run.ready_event.wait(0.1):
-        if not th.is_alive():
+    t_start = time.monotonic()
+    for port_try in (1, 2):
+        argv = server_argv(str(binary), args, port=None if has_port else free_port())
+        run = ServerRun(RunOptions(argv=argv, run_dir=run_dir, model_bytes=info.file_size_bytes, quiet=True,
+                                   echo=echo, ready_timeout_s=spec.timeout_s))
+        box: dict = {}
+        th = threading.Thread(target=lambda run=run, box=box: box.update(r=run.run_until_stopped()),
+                              name="gpcrun-run", daemon=True)
+        th.start()
+        while not run.ready_event.wait(0.1):
+            if not th.is_alive():
+                break
+        if run.ready_event.is_set() or has_port or port_try == 2:
             break
+        th.join()
+        rr = box.get("r")
+        if not (rr and rr.outcome.cause == "port_in_use"):
+            break
+        # free_port() released the port before llama-server bound it and another process took it: a new port
+        echo(f"gpcrun: port {url_of(argv).rsplit(':', 1)[1]} was taken before llama-server bound it; retrying")
     measured = None
     bench_error = None
     timer = None
     if run.ready_event.is_set():
-        if spec.timeout_s:  # the job's time limit covers the bench too
-            timer = threading.Timer(spec.timeout_s, lambda: run.request_stop("job timeout"))
+        if spec.timeout_s:  # the job's time limit covers the bench too: what the load left of it
+            left = max(0.0, spec.timeout_s - (time.monotonic() - t_start))
+            timer = threading.Timer(left, lambda: run.request_stop("job timeout"))
             timer.start()
         try:
             cfg = BenchConfig(spec.prompt_tokens, spec.gen_tokens, spec.repetitions, True, tuple(spec.concurrency))

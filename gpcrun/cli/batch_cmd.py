@@ -69,9 +69,9 @@ def batch_cmd(args, out_dir, dry_run, shard, as_json, markdown):
         return {"ok": o["kind"] == "clean_stop", "receipt": str(path), "outcome": o["kind"],
                 "exit_code": o["exit_code"], "summary": job_summary(doc)}
 
-    click.echo(f"gpcrun batch: {len(mine)} job(s)" + (f" (shard {sh[0]}/{sh[1]} of {len(jobs)})" if sh else "")
-               + f" -> {out}", err=True)
-    rows = BatchRunner(mine, out, run_job).run()
+    banner = (f"gpcrun batch: {len(mine)} job(s)" + (f" (shard {sh[0]}/{sh[1]} of {len(jobs)})" if sh else "")
+              + f" -> {out}")
+    rows = BatchRunner(mine, out, run_job, banner=banner).run()
     _print(rows, as_json, markdown, render_table, render_markdown)
     click.echo(f"gpcrun batch: summary written to {out}/summary.{{csv,json,md}}", err=True)
 
