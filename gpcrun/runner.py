@@ -48,7 +48,12 @@ def measured_run(spec: RunSpec, store, runs_root: Path | None = None,
     from .receipt import build_receipt, compare_with_forecast
 
     profile = get_profile().to_json()
-    info = load_model(spec.model)
+    hub_info = None
+    if _is_ref(spec.model):  # plan from the header alone: a model that can't run is never downloaded
+        from .hub import load_ref_header
+        info, hub_info = load_ref_header(spec.model)
+    else:
+        info = load_model(spec.model)
     binary = find_tool("llama-server", spec.server_bin)
     slots = max(spec.parallel, max(spec.concurrency or (1,)))
     req = build_request(spec.ctx, spec.kv_type, slots, spec.floor_tok_s, None, list(spec.server_args))
@@ -57,9 +62,11 @@ def measured_run(spec: RunSpec, store, runs_root: Path | None = None,
     plan_doc = plan.to_json()
     run_dir = new_run_dir(runs_root)
     write_json_atomic(run_dir / "plan.json", plan_doc)
-    model_doc = {"file_name": os.path.basename(info.path), "path": info.path, "size_bytes": info.file_size_bytes,
-                 "header_sha256": header_sha256(info), "architecture": info.architecture,
-                 "quant_mix_bytes": info.quant_mix(), "tensor_bytes": info.tensor_bytes}
+    name = os.path.basename((hub_info or {}).get("files", [info.path])[0]) if hub_info else os.path.basename(info.path)
+    model_doc = {"file_name": name, "path": spec.model if hub_info else info.path,
+                 "size_bytes": info.file_size_bytes, "header_sha256": header_sha256(info),
+                 "architecture": info.architecture, "quant_mix_bytes": info.quant_mix(),
+                 "tensor_bytes": info.tensor_bytes, "hub": hub_info}
 
     def receipt(argv, measured, envelope, outcome):
         doc = build_receipt(kind="bench", hardware=profile, model=model_doc, plan=plan_doc, argv=argv,
@@ -73,6 +80,9 @@ def measured_run(spec: RunSpec, store, runs_root: Path | None = None,
         return receipt(list(plan.argv), None, None, {"kind": "refused", "exit_code": EXIT_REFUSED, "cause": "plan",
                                                      "reason": "; ".join(plan.reasons)})
     args = list(plan.argv) if plan.argv else ["-m", spec.model, *spec.server_args]
+    if hub_info is not None:  # the plan ships: now fetch the weights into the HF cache
+        from .hub import download_model
+        args[args.index("-m") + 1] = download_model(spec.model)
     if "--metrics" not in args:
         args.append("--metrics")
     has_port = any(a == "--port" or a.startswith("--port=") for a in args)
@@ -128,6 +138,11 @@ def measured_run(spec: RunSpec, store, runs_root: Path | None = None,
             measured["peak_rss_bytes"] = run.watchdog.envelope.peak_child_rss_bytes
             measured["peak_vram_bytes"] = run.watchdog.envelope.peak_child_vram_bytes or None
     return receipt(argv, measured, rr.envelope if rr else None, outcome)
+
+
+def _is_ref(model: str) -> bool:
+    from .hub import is_hub_ref
+    return is_hub_ref(model)
 
 
 def job_summary(doc: dict) -> dict:

@@ -375,3 +375,34 @@ def test_ranged_reads_of_every_llama_cpp_vocab(hub, llama_source_dir):
         worst = max(worst, rf.bytes_read / max(v.stat().st_size, 1) if v.stat().st_size > 4 * MB else 0)
         assert rf.bytes_read <= max(3 * MB, 0.5 * v.stat().st_size), (v.name, rf.bytes_read)
     assert worst < 0.35
+
+
+def test_batch_plans_refs_from_headers_and_downloads_only_what_ships(hub, env, files, tmp_path, llama_server_bin):
+    """A batch job on a hub ref is planned from ranged header reads; only a job that ships downloads weights."""
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text(f'''
+[batch]
+repetitions = 1
+prompt_tokens = 16
+gen_tokens = 4
+[[models]]
+ref = "{LLAMA}:Q8_0"
+server_args = ["-t", "1", "-tb", "1"]
+[[models]]
+ref = "{MOE}:Q8_0"
+server_args = ["-t", "1", "-tb", "1"]
+[matrix]
+ctx = [512, 100000000]
+''')
+    e = dict(env, GPCRUN_LLAMA_SERVER=str(llama_server_bin))
+    out = tmp_path / "out"
+    gp(e, "batch", jobs, "--dry-run")
+    assert hub.bytes_served(path="tiny-llama-q8_0.gguf") < files["tiny-llama-q8_0"].stat().st_size
+    hub.reset()
+    rows = json.loads(gp(e, "batch", jobs, "--out", out, "--json").stdout)
+    assert [(r["verdict"], r["outcome"]) for r in rows] == [("ship", "clean_stop"), ("refuse", "refused")] * 2
+    # the shipped 512-token jobs downloaded their file once; nothing beyond headers was fetched for refusals
+    assert hub.bytes_served(LLAMA, "tiny-llama-q8_0.gguf") >= files["tiny-llama-q8_0"].stat().st_size
+    receipts = [json.loads(p.read_text()) for p in sorted((out / "receipts").glob("r*.json"))]
+    assert {r["model"]["file_name"] for r in receipts} == {"tiny-llama-q8_0.gguf", "tiny-qwen3moe-q8_0.gguf"}
+    assert all(r["model"]["hub"]["repo"] in (LLAMA, MOE) for r in receipts)

@@ -59,7 +59,7 @@ def batch_cmd(args, out_dir, dry_run, shard, as_json, markdown):
 
     def run_job(job, out_dir):
         s = job.settings
-        model = _resolve_model(job.model)
+        model = job.model  # a hub ref is planned from its header and downloaded only if it ships
         spec = RunSpec(model=model, ctx=s["ctx"], kv_type=s["kv_type"], parallel=s["parallel"],
                        server_args=s["server_args"], concurrency=s["concurrency"], prompt_tokens=s["prompt_tokens"],
                        gen_tokens=s["gen_tokens"], repetitions=s["repetitions"], timeout_s=float(s["timeout_s"]))
@@ -76,13 +76,6 @@ def batch_cmd(args, out_dir, dry_run, shard, as_json, markdown):
     click.echo(f"gpcrun batch: summary written to {out}/summary.{{csv,json,md}}", err=True)
 
 
-def _resolve_model(spec: str) -> str:
-    if "://" in spec or (":" in spec and not os.path.exists(spec) and "/" in spec.split(":")[0]):
-        from ..hub import download_model
-        return download_model(spec)
-    return spec
-
-
 def _print(rows, as_json, markdown, render_table, render_markdown):
     if as_json:
         emit_json(rows)
@@ -94,7 +87,6 @@ def _print(rows, as_json, markdown, render_table, render_markdown):
 
 def _dry_run(jobs, as_json):
     from ..fmt import table
-    from ..model import load_model
     from ..plan import make_plan
     from .plan_cmd import build_request, build_target, load_calibration
 
@@ -103,7 +95,7 @@ def _dry_run(jobs, as_json):
     for job in jobs:
         s = job.settings
         try:
-            info = load_model(_header_source(job.model))
+            info = _header_info(job.model)
             req = build_request(s["ctx"], s["kv_type"], max(s["parallel"], max(s["concurrency"] or [1])), 1.0,
                                 None, s["server_args"])
             plan = make_plan(info, target, req, load_calibration(info, target, req.pinned))
@@ -123,9 +115,10 @@ def _dry_run(jobs, as_json):
                      ["job", "model", "config", "verdict", "forecast tok/s", "reason"], "llllrl"))
 
 
-def _header_source(spec: str) -> str:
-    """A local path, or (hub refs) a header-only download, for planning without fetching the weights."""
-    if "://" in spec or (":" in spec and not os.path.exists(spec) and "/" in spec.split(":")[0]):
-        from ..hub import header_path
-        return header_path(spec)
-    return spec
+def _header_info(spec: str):
+    """ModelInfo from a local file, or (hub refs) from ranged header reads, for planning without the weights."""
+    from ..hub import is_hub_ref, load_ref_header
+    from ..model import load_model
+    if is_hub_ref(spec):
+        return load_ref_header(spec)[0]
+    return load_model(spec)
