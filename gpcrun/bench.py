@@ -7,7 +7,9 @@ n_predict with ignore_eos so its length is exact.
 from __future__ import annotations
 
 import json
+import os
 import random
+import socket
 import statistics
 import threading
 import time
@@ -15,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import requests
+import requests.adapters
+import urllib3
 
 _WORDS = ("time person year way day thing man world life hand part child eye woman place work week case point "
           "government company number group problem fact house river garden music paper window light story "
@@ -89,13 +93,69 @@ class BenchResult:
                 "concurrency": self.concurrency, "server_metrics": self.metrics, "wall_s": _r(self.wall_s, 3)}
 
 
+class _Live:
+    """The connections a client (and its concurrency workers) have in use, and whether it was aborted."""
+
+    def __init__(self) -> None:
+        self.conns: set = set()
+        self.aborted = False
+
+
+class _TrackingAdapter(requests.adapters.HTTPAdapter):
+    """Remembers the connections in use, so that abort() can cut a request that is waiting for its answer,
+    and refuses new ones once aborted."""
+
+    def __init__(self, live: _Live) -> None:
+        self._live = live
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        live = self._live
+
+        class Pool(urllib3.HTTPConnectionPool):
+            def _get_conn(self, timeout=None):
+                conn = super()._get_conn(timeout)
+                live.conns.add(conn)  # first: an abort() from here on shuts this connection down
+                if live.aborted:  # an abort() before the add: no request may start any more
+                    live.conns.discard(conn)
+                    raise BenchError("aborted")
+                return conn
+
+            def _put_conn(self, conn):
+                live.conns.discard(conn)
+                return super()._put_conn(conn)
+
+        self.poolmanager.pool_classes_by_scheme = dict(self.poolmanager.pool_classes_by_scheme, http=Pool)
+
+
 class BenchClient:
     def __init__(self, url: str, session: requests.Session | None = None, timeout_s: float = 600.0,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, api_key: str | None = None) -> None:
         self.url = url.rstrip("/")
-        self.s = session or requests.Session()
+        self._live = _Live()
+        if session is None:
+            session = requests.Session()
+            session.mount("http://", _TrackingAdapter(self._live))
+        self.s = session
         self.timeout_s = timeout_s
         self.clock = clock
+        self.api_key = api_key
+        if api_key:  # a server started with --api-key answers 401 to everything else
+            self.s.headers["Authorization"] = f"Bearer {api_key}"
+
+    def abort(self) -> None:
+        """Cut the requests in flight (safe from a signal handler): the waiting call fails at once, and the
+        server sees its client gone. llama-server stopping on SIGTERM waits for a request it will never answer,
+        until the supervisor's SIGKILL, unless its client hangs up."""
+        self._live.aborted = True
+        for conn in list(self._live.conns):
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def _post(self, path: str, body: dict) -> dict:
         r = self.s.post(self.url + path, json=body, timeout=self.timeout_s)
@@ -141,9 +201,7 @@ class BenchClient:
         body = {"prompt": prompt, "n_predict": n_predict, "cache_prompt": False, "ignore_eos": True,
                 "temperature": 0.0, **kw}
         out = self._post("/completion", body)
-        t = out.get("timings") or {}
-        if t.get("cache_n", 0) != 0:
-            raise BenchError(f"prompt cache served {t.get('cache_n')} tokens despite cache_prompt=false")
+        check_timings(out.get("timings") or {})
         return out
 
     def stream(self, prompt: list[int], n_predict: int) -> tuple[float, list[float], dict]:
@@ -155,7 +213,10 @@ class BenchClient:
         last = None
         gaps: list[float] = []
         timings: dict = {}
-        with self.s.post(self.url + "/completion", json=body, stream=True, timeout=self.timeout_s) as r:
+        # Connection: close: llama-server drops the connection after a streamed answer, and a request sent on
+        # it from the keep-alive pool then fails with RemoteDisconnected (1 in 2 back-to-back streams here)
+        with self.s.post(self.url + "/completion", json=body, stream=True, timeout=self.timeout_s,
+                         headers={"Connection": "close"}) as r:
             if r.status_code != 200:
                 raise BenchError(f"POST /completion (stream): HTTP {r.status_code}")
             for raw in r.iter_lines():
@@ -177,7 +238,47 @@ class BenchClient:
                     timings = ev.get("timings") or {}
         if first is None:
             raise BenchError("the stream produced no tokens")
+        if timings:
+            check_timings(timings, len(prompt), n_predict)
         return first, gaps, timings
+
+
+def check_timings(t: dict, prompt_n: int | None = None, predicted_n: int | None = None) -> None:
+    """A measurement is only usable when the prompt was computed, not served from the cache, at the exact
+    lengths asked for."""
+    if t.get("cache_n", 0) != 0:
+        raise BenchError(f"prompt cache served {t.get('cache_n')} tokens despite cache_prompt=false")
+    if prompt_n is not None and t.get("prompt_n") != prompt_n:
+        raise BenchError(f"prompt_n {t.get('prompt_n')} != {prompt_n} requested")
+    if predicted_n is not None and t.get("predicted_n") != predicted_n:
+        raise BenchError(f"predicted_n {t.get('predicted_n')} != {predicted_n} requested")
+
+
+def api_key_from(server_args: Sequence[str], env: dict | None = None) -> str | None:
+    """The key a client must send to a llama-server started with these args (--api-key, --api-key-file, or
+    their environment variables LLAMA_API_KEY / LLAMA_ARG_API_KEY_FILE); None when it needs none."""
+    env = os.environ if env is None else env
+    key = key_file = None
+    args = list(server_args)
+    for i, a in enumerate(args):
+        name, eq, val = a.partition("=")
+        if name in ("--api-key", "--api-key-file"):
+            v = val if eq else (args[i + 1] if i + 1 < len(args) else None)
+            if name == "--api-key":
+                key = v
+            else:
+                key_file = v
+    if key is None and key_file is None:
+        key, key_file = env.get("LLAMA_API_KEY"), env.get("LLAMA_ARG_API_KEY_FILE")
+    if key:
+        return next((k for k in key.split(",") if k), None)
+    if key_file:
+        try:
+            with open(key_file) as f:
+                return next((ln.rstrip("\n") for ln in f if ln.strip() and not ln.startswith("#")), None)
+        except OSError:
+            return None  # the server fails to load with the same file: the receipt says why
+    return None
 
 
 def make_prompt(pool: Sequence[int], n: int, salt: int) -> list[int]:
@@ -186,9 +287,21 @@ def make_prompt(pool: Sequence[int], n: int, salt: int) -> list[int]:
     return [pool[rnd.randrange(len(pool))] for _ in range(n)]
 
 
-def run_bench(client: BenchClient, cfg: BenchConfig, on_progress: Callable[[str], None] | None = None) -> BenchResult:
+def run_bench(client: BenchClient, cfg: BenchConfig, on_progress: Callable[[str], None] | None = None,
+              cancel: Callable[[], bool] | None = None) -> BenchResult:
+    """cancel() is asked before every request: a server asked to stop (SIGTERM) keeps serving a keep-alive
+    connection that still gets requests, so the bench must stop sending them."""
     t_start = time.perf_counter()
-    say = on_progress or (lambda _m: None)
+    _say = on_progress or (lambda _m: None)
+
+    def check(what: str) -> None:
+        if cancel is not None and cancel():
+            raise BenchError("cancelled before " + what)
+
+    def say(msg: str) -> None:
+        check(msg)
+        _say(msg)
+
     props = client.props()
     pool = client.token_pool(cfg.seed)
     salt = cfg.seed * 1000
@@ -202,16 +315,14 @@ def run_bench(client: BenchClient, cfg: BenchConfig, on_progress: Callable[[str]
         say(f"repetition {i + 1}/{cfg.repetitions}")
         out = client.complete(make_prompt(pool, cfg.prompt_tokens, salt), cfg.gen_tokens)
         t = out["timings"]
-        if t.get("prompt_n") != cfg.prompt_tokens:
-            raise BenchError(f"prompt_n {t.get('prompt_n')} != {cfg.prompt_tokens} requested")
-        if t.get("predicted_n") != cfg.gen_tokens:
-            raise BenchError(f"predicted_n {t.get('predicted_n')} != {cfg.gen_tokens} requested")
+        check_timings(t, cfg.prompt_tokens, cfg.gen_tokens)
         pre.append(t["prompt_per_second"])
         dec.append(t["predicted_per_second"])
     say("streamed TTFT / inter-token latency")
     ttfts, itls = [], []
-    for _ in range(max(1, min(3, cfg.repetitions))):
+    for i in range(max(1, min(3, cfg.repetitions))):
         salt += 1
+        check(f"stream {i + 1}")
         ttft, gaps, _t = client.stream(make_prompt(pool, cfg.prompt_tokens, salt), cfg.gen_tokens)
         ttfts.append(ttft * 1000)
         itls.extend(g * 1000 for g in gaps)
@@ -236,7 +347,9 @@ def _concurrent(client: BenchClient, pool: Sequence[int], cfg: BenchConfig, k: i
     barrier = threading.Barrier(k)
 
     def worker(i: int) -> None:
-        c = BenchClient(client.url, requests.Session(), client.timeout_s)
+        s = requests.Session()
+        s.mount("http://", _TrackingAdapter(client._live))  # client.abort() cuts these requests too
+        c = BenchClient(client.url, s, client.timeout_s, api_key=client.api_key)
         barrier.wait()
         try:
             results[i] = c.complete(make_prompt(pool, cfg.prompt_tokens, salt + i), cfg.gen_tokens)

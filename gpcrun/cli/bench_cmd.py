@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 
@@ -46,7 +47,7 @@ def _csv_ints(ctx, param, value):
 def bench_cmd(model, url, prompt_tokens, gen_tokens, repetitions, concurrency, no_warmup, ctx, kv_type, parallel,
               floor, force, server_bin, redact_paths, markdown, as_json, quiet, server_args):
     """Prefill/decode speed, TTFT and inter-token latency through the HTTP API; writes a receipt."""
-    from ..bench import BenchClient, BenchConfig, BenchError, run_bench
+    from ..bench import BenchClient, BenchConfig, BenchError, api_key_from, run_bench
     from ..hardware.profile import get_profile
     from ..model import header_sha256, load_model
     from ..receipt import ReceiptStore, build_receipt, compare_with_forecast
@@ -58,6 +59,7 @@ def bench_cmd(model, url, prompt_tokens, gen_tokens, repetitions, concurrency, n
     profile = get_profile().to_json()
     info = load_model(model) if model else None
     plan_doc = None
+    clients: list = []
     run = None
     run_thread = None
     argv: list[str] = []
@@ -94,8 +96,23 @@ def bench_cmd(model, url, prompt_tokens, gen_tokens, repetitions, concurrency, n
         run = ServerRun(RunOptions(argv=argv, run_dir=run_dir, model_bytes=info.file_size_bytes, quiet=True,
                                    echo=say))
         run.install_signal_handlers()
+        stop_on_signal = signal.getsignal(signal.SIGTERM)
+
+        def on_signal(signum, frame):
+            stop_on_signal(signum, frame)
+            for c in clients:  # llama-server would wait for our request in flight until its SIGKILL
+                c.abort()
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
         result_box: dict = {}
-        run_thread = threading.Thread(target=lambda: result_box.update(r=run.run_until_stopped()), daemon=True)
+
+        def serve() -> None:
+            try:
+                result_box["r"] = run.run_until_stopped()
+            except Exception as e:  # noqa: BLE001 - the receipt records it instead of a result
+                result_box["error"] = f"{type(e).__name__}: {e}"
+
+        run_thread = threading.Thread(target=serve, daemon=True)
         run_thread.start()
         while not run.ready_event.wait(0.1):
             if not run_thread.is_alive():
@@ -104,7 +121,12 @@ def bench_cmd(model, url, prompt_tokens, gen_tokens, repetitions, concurrency, n
     if run is None or run.ready_event.is_set():
         try:
             say(f"benchmarking {url}: {repetitions} x prefill {prompt_tokens} + decode {gen_tokens}")
-            res = run_bench(BenchClient(url), cfg, say)
+            client = BenchClient(url, api_key=api_key_from(server_args))
+            clients.append(client)
+            try:
+                res = run_bench(client, cfg, say, cancel=run._stop_requested.is_set if run is not None else None)
+            finally:
+                client.s.close()  # an idle keep-alive connection would hold a stopping server up
             measured = res.to_json()
         except (BenchError, OSError, ValueError) as e:
             bench_error = str(e)
@@ -113,14 +135,19 @@ def bench_cmd(model, url, prompt_tokens, gen_tokens, repetitions, concurrency, n
     envelope = None
     run_dir_s = None
     if run is not None:
-        run.request_stop("bench finished")
+        stop = run._stop_reason if run._stop_requested.is_set() else ""  # a signal while the bench ran
+        if not stop:
+            run.request_stop("bench finished")
         run_thread.join()
         rr = result_box.get("r")
         envelope = rr.envelope if rr else None
-        outcome = rr.outcome.to_json() if rr else None
+        outcome = rr.outcome.to_json() if rr else {
+            "kind": "crashed", "exit_code": 12, "cause": "gpcrun",
+            "reason": "the supervised run ended without a result: " + result_box.get("error", "unknown")}
         run_dir_s = str(run.opts.run_dir)
         if outcome and outcome["kind"] == "clean_stop" and bench_error:
-            outcome = {"kind": "bench_failed", "exit_code": 15, "cause": "bench", "reason": bench_error}
+            outcome = {"kind": "bench_failed", "exit_code": 15, "cause": "interrupted" if stop else "bench",
+                       "reason": (f"interrupted ({stop}): " if stop else "") + bench_error}
     else:
         outcome = {"kind": "bench_failed" if bench_error else "clean_stop", "exit_code": 15 if bench_error else 0,
                    "cause": "bench" if bench_error else None, "reason": bench_error or "attached to " + url}

@@ -53,7 +53,7 @@ def validate_cmd(path):
     from ..receipt import read_receipt, validate
     errors = validate(read_receipt(path))
     if errors:
-        for e in errors[:20]:
+        for e in errors:  # one line each
             click.echo(f"{path}: {e}", err=True)
         raise ReceiptError(f"{path}: {len(errors)} schema error(s)")
     click.echo(f"{path}: valid gpcrun.receipt/1")
