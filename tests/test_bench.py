@@ -147,6 +147,16 @@ def test_bench_concurrency(home, tiny):
     assert doc["plan"]["plan"]["placement"]["parallel"] == 2
 
 
+def test_bench_with_api_key(home, tiny):
+    """A server started with --api-key: readiness and the bench send the key; the receipt never shows it."""
+    r = gpcrun(home, "bench", str(tiny), "-p", "32", "-n", "8", "-r", "1", "--quiet", "--", *THREADS,
+               "--api-key", "sk-planted-4711")
+    assert r.returncode == 0, r.stderr
+    path, doc = receipt_of(r)
+    assert doc["outcome"]["kind"] == "clean_stop" and doc["measured"]["decode_tok_s"]["samples"]
+    assert "sk-planted-4711" not in path.read_text()
+
+
 def test_bench_markdown(home, tiny):
     r = gpcrun(home, "bench", str(tiny), "-p", "32", "-n", "8", "-r", "2", "--markdown", "--quiet", "--", *THREADS)
     assert r.returncode == 0, r.stderr

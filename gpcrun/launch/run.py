@@ -212,6 +212,10 @@ class ServerRun:
             inv = s.inventory()
             self._gpu_static = inv.devices
 
+    def _api_key(self) -> str | None:
+        from ..bench import api_key_from
+        return api_key_from(self.opts.argv[1:])
+
     def _host_memory(self):
         if self.opts.host_reader is not None:
             return self.opts.host_reader()
@@ -250,7 +254,7 @@ class ServerRun:
         wd.start()
         timeout = o.ready_timeout_s if o.ready_timeout_s is not None else load_timeout_s(o.model_bytes)
         # cancel: a signal to gpcrun is seen between two polls, not after the load timeout
-        ready = sup.wait_ready(self.url, max(0.0, t0 + timeout - time.monotonic()),
+        ready = sup.wait_ready(self.url, max(0.0, t0 + timeout - time.monotonic()), api_key=self._api_key(),
                                cancel=self._stop_requested.is_set)
         phase = "ready" if ready else "loading"
         timed_out = False

@@ -154,12 +154,15 @@ class Supervisor:
         return rc
 
     def wait_ready(self, url: str, timeout_s: float, on_progress: Callable[[float], None] | None = None,
-                   poll_interval_s: float = 0.05, cancel: Callable[[], bool] | None = None) -> bool:
+                   poll_interval_s: float = 0.05, cancel: Callable[[], bool] | None = None,
+                   api_key: str | None = None) -> bool:
         """True once /health is 200 and a real 1-token completion answers; False when the child died,
         timeout_s passed or cancel() said so (the caller decides what to do). Never sleeps past a child's
         death; a /health that does not answer costs at most the time left (capped at 2 s) per try."""
         t0 = self.clock()
         with requests.Session() as session:
+            if api_key:  # a server started with --api-key answers /completion 401 without it
+                session.headers["Authorization"] = f"Bearer {api_key}"
             while True:
                 if self.poll() is not None:
                     return False
