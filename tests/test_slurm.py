@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from gpcrun.batch import parse_jobs
+from tests.proc_util import gone, wait_until
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -33,21 +34,8 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_
             "BOOT_FAIL", "DEADLINE"}
 
 
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
-def wait_until(cond, timeout_s: float, step_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step_s)
-    return cond()
 
 
 def clean_env(**extra: str) -> dict:

@@ -1,0 +1,58 @@
+"""Helpers shared by the tests that start real processes: liveness, polling with deadlines, a limited cgroup."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from gpcrun.hardware import host
+
+
+def gone(pid: int) -> bool:
+    """Dead, or a zombie: pid 1 here does not reap orphans, so a killed orphan stays a zombie."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_until(cond, timeout_s: float, step_s: float = 0.01):
+    """Poll cond() until it is truthy or the deadline passes; returns its last value (no sleeps as sync)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(step_s)
+    return cond()
+
+
+def limited_child_cgroup(limit_bytes: int, name: str) -> tuple[str, int]:
+    """A child of this process's memory cgroup with a limit: (path, cgroup version). Skips, saying why, where
+    that cannot be done (not root, no memory controller, cgroup2 without it delegated to children)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a memory cgroup")
+    loc = host.locate_cgroup("memory")
+    if loc is None:
+        pytest.skip("no memory cgroup controller mounted (v1 or v2)")
+    parent = loc.dirs[0]
+    if loc.version == 2:
+        ctl = Path(parent, "cgroup.subtree_control")
+        if "memory" not in (ctl.read_text().split() if ctl.exists() else []):
+            pytest.skip(f"cgroup2: the memory controller is not enabled for children of {loc.path}"
+                        " (cgroup.subtree_control); enabling it would change this process's own cgroup")
+    child = os.path.join(parent, f"{name}-{os.getpid()}")
+    try:
+        os.mkdir(child)
+    except OSError as e:
+        pytest.skip(f"cannot create a child cgroup under {parent}: {e}")
+    try:
+        with open(os.path.join(child, "memory.max" if loc.version == 2 else "memory.limit_in_bytes"), "w") as f:
+            f.write(str(limit_bytes))
+    except OSError as e:
+        os.rmdir(child)
+        pytest.skip(f"cannot set a memory limit on {child}: {e}")
+    return child, loc.version
