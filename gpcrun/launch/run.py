@@ -279,8 +279,11 @@ class ServerRun:
         oom_after = self._oom_kills()
         tail_text = _read_tail(log)
         wa = self._watchdog_action
-        return classify(sup.returncode, phase, tail_text, oom_before, oom_after,
-                        wa.rule if wa else None, wa.message if wa else "", user_stop, timed_out)
+        out = classify(sup.returncode, phase, tail_text, oom_before, oom_after,
+                       wa.rule if wa else None, wa.message if wa else "", user_stop, timed_out)
+        if out.kind == "clean_stop" and self._stop_reason:  # say who stopped it: a signal, a finished bench
+            out = Outcome(out.kind, out.exit_code, out.cause, out.reason.replace("on request", self._stop_reason, 1))
+        return out
 
     def run_until_stopped(self) -> RunResult:
         o = self.opts
