@@ -521,10 +521,13 @@ def test_watchdog_fires_before_the_kernel_oom_killer_in_a_memory_cgroup(serve, t
     assert samples[0]["cgroup_max_bytes"] == limit  # the watchdog read the cgroup, not the host
     assert samples[0]["host_limit_bytes"] == limit
     assert oom == 0, "the kernel OOM killer fired first"
-    m = breach_latency(d, progress)
+    try:
+        m = breach_latency(d, progress)
+        lat = f"leaked {m['leaked_mib']:.0f} MiB, breach->SIGTERM {m['latency_s'] * 1000:.0f} ms"
+    except ValueError as e:  # gpcrun's own memory and page cache share the cgroup: not always attributable
+        lat = f"latency not attributable to the leak alone ({e})"
     msg = (f"cgroup {limit // MIB} MiB: exit 13 host_term, oom_kill {oom}, peak usage "
-           f"{None if peak_b is None else peak_b // MIB} MiB, leaked {m['leaked_mib']:.0f} MiB, "
-           f"breach->SIGTERM {m['latency_s'] * 1000:.0f} ms")
+           f"{None if peak_b is None else peak_b // MIB} MiB, {lat}")
     record_property("cgroup", msg)
     print("\n" + msg)
     assert peak_b is None or peak_b < limit
