@@ -64,6 +64,12 @@ BATCH_KEYS = MATRIX_KEYS + ("output",)
 MODEL_KEYS = ("path", "ref", "name", "server_args")
 
 
+def _known_keys(table: Mapping, known: Sequence[str], where: str, source: str) -> None:
+    unknown = set(table) - set(known)
+    if unknown:
+        raise BatchError(f"{source}: unknown {where} keys {sorted(unknown)} (known: {', '.join(known)})")
+
+
 def parse_jobs(text: str, base_dir: Path, source: str = "JOBS.toml",
                env: Mapping[str, str] | None = None) -> tuple[dict, list[Job]]:
     """Parse and expand a job file. Relative model paths are relative to the job file; `~` and `$VAR` /
@@ -73,15 +79,11 @@ def parse_jobs(text: str, base_dir: Path, source: str = "JOBS.toml",
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise BatchError(f"{source}: not valid TOML ({e})") from None
-    unknown = set(doc) - {"batch", "models", "matrix"}
-    if unknown:
-        raise BatchError(f"{source}: unknown top-level keys {sorted(unknown)} (known: batch, models, matrix)")
+    _known_keys(doc, ("batch", "models", "matrix"), "top-level", source)
     batch = doc.get("batch") or {}
     if not isinstance(batch, dict):
         raise BatchError(f"{source}: [batch] must be a table")
-    unknown = set(batch) - set(BATCH_KEYS)
-    if unknown:
-        raise BatchError(f"{source}: unknown [batch] keys {sorted(unknown)} (known: {', '.join(BATCH_KEYS)})")
+    _known_keys(batch, BATCH_KEYS, "[batch]", source)
     if "output" in batch and not isinstance(batch["output"], str):
         raise BatchError(f"{source}: [batch] output must be a string (a directory)")
     models = doc.get("models")
@@ -90,9 +92,7 @@ def parse_jobs(text: str, base_dir: Path, source: str = "JOBS.toml",
     matrix = doc.get("matrix") or {}
     if not isinstance(matrix, dict):
         raise BatchError(f"{source}: [matrix] must be a table")
-    unknown = set(matrix) - set(MATRIX_KEYS)
-    if unknown:
-        raise BatchError(f"{source}: unknown [matrix] keys {sorted(unknown)} (known: {', '.join(MATRIX_KEYS)})")
+    _known_keys(matrix, MATRIX_KEYS, "[matrix]", source)
     defaults = dict(JOB_DEFAULTS)
     for k in MATRIX_KEYS:
         if k in batch:

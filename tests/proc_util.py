@@ -30,6 +30,12 @@ def wait_until(cond, timeout_s: float, step_s: float = 0.01):
     return cond()
 
 
+def assert_none_survive(pids, grace_s: float = 2.0) -> None:
+    """Every process a test started must be gone (or a zombie) within grace_s."""
+    leftovers = [pid for pid in pids if not wait_until(lambda p=pid: gone(p), grace_s)]
+    assert not leftovers, f"processes survived the test: {leftovers}"
+
+
 def limited_child_cgroup(limit_bytes: int, name: str) -> tuple[str, int]:
     """A child of this process's memory cgroup with a limit: (path, cgroup version). Skips, saying why, where
     that cannot be done (not root, no memory controller, cgroup2 without it delegated to children)."""

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from gpcrun.batch import (JOB_DEFAULTS, BatchError, parse_jobs, parse_shard, select_shard, shard_from_env)
-from tests.proc_util import gone, wait_until
+from tests.proc_util import assert_none_survive, gone, wait_until
 
 pytestmark = pytest.mark.server
 
@@ -184,11 +184,9 @@ def batch(tmp_path, llama_server_bin, profile_cache):
         return b
 
     yield start
-    leftovers = []
     for b in made:
         b.cleanup()
-        leftovers += [pid for pid in b.seen | {b.proc.pid} if not wait_until(lambda p=pid: gone(p), 2.0)]
-    assert not leftovers, f"processes survived the test: {leftovers}"
+    assert_none_survive([pid for b in made for pid in b.seen | {b.proc.pid}])
 
 
 def run_batch(start, args, timeout_s: float = 120, **kw) -> tuple[int, Batch]:

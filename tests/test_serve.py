@@ -23,7 +23,7 @@ import requests
 from gpcrun.hardware import host
 from gpcrun.hardware.host import read_host_memory
 from gpcrun.launch.run import free_port
-from tests.proc_util import gone, wait_until, limited_child_cgroup
+from tests.proc_util import assert_none_survive, gone, limited_child_cgroup, wait_until
 
 pytestmark = pytest.mark.server
 
@@ -126,11 +126,9 @@ def serve(tmp_path):
         return s
 
     yield start
-    leftovers = []
     for s in made:
         s.cleanup()
-        leftovers += [pid for pid in s.seen | {s.proc.pid} if not wait_until(lambda p=pid: gone(p), 2.0)]
-    assert not leftovers, f"processes survived the test: {leftovers}"
+    assert_none_survive([pid for s in made for pid in s.seen | {s.proc.pid}])
 
 
 def completion_ok(url: str) -> bool:
