@@ -449,7 +449,10 @@ def test_sigterm_deaf_leak_gets_sigkill_at_the_kill_line(serve, tmp_path, tiny_m
     assert ev[-2]["note"] == "watchdog host_term" and ev[-1]["note"] == "exited by signal SIGKILL"
     assert len(siglog.read_text().splitlines()) == 1
     _ts, alloc, _ = _progress(progress)
-    assert alloc[-1] < 1100 * MIB  # killed on the way to 1500 MiB, near the 700 MiB line
+    # killed on the way to its 1500 MiB: had the watchdog waited out its 2 s settle time after the SIGTERM, the
+    # 1 GB/s leak would have reached 1500 and held. (A tighter bound near the 700 MiB line failed in a fresh-clone
+    # run when other processes freed memory during the leak and the line was crossed later.)
+    assert alloc[-1] < 1450 * MIB
     assert "SIGKILL" in s.stderr()
 
 
