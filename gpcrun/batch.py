@@ -274,6 +274,10 @@ class BatchState:
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, r)) for r in cur.fetchall()]
 
+    def mark_interrupted(self, jid: str) -> None:
+        """A signal to gpcrun stopped this job: pending again, without spending its one retry."""
+        self._tx("UPDATE jobs SET state='pending', attempts=max(attempts-1, 0) WHERE id=?", (jid,))
+
     def mark_running(self, jid: str) -> None:
         self._tx("UPDATE jobs SET state='running', attempts=attempts+1, started_at=? WHERE id=?", (time.time(), jid))
 
@@ -434,6 +438,10 @@ class BatchRunner:
                     st.mark_running(job.id)
                     try:
                         res = self.run_job(job, self.out_dir)
+                    except KeyboardInterrupt:  # SIGINT/SIGTERM (scancel, a time limit): stop, resume later
+                        st.mark_interrupted(job.id)
+                        self.echo(f"gpcrun batch: interrupted; job {job.index} ({job.label}) runs again on resume")
+                        raise
                     except GpcrunError as e:
                         res = {"ok": False, "receipt": None, "outcome": "error", "exit_code": 1,
                                "summary": {"error": str(e)}}

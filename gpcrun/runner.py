@@ -87,57 +87,65 @@ def measured_run(spec: RunSpec, store, runs_root: Path | None = None,
         args.append("--metrics")
     has_port = any(a == "--port" or a.startswith("--port=") for a in args)
     t_start = time.monotonic()
-    for port_try in (1, 2):
-        argv = server_argv(str(binary), args, port=None if has_port else free_port())
-        run = ServerRun(RunOptions(argv=argv, run_dir=run_dir, model_bytes=info.file_size_bytes, quiet=True,
-                                   echo=echo, ready_timeout_s=spec.timeout_s))
-        box: dict = {}
-        th = threading.Thread(target=lambda run=run, box=box: box.update(r=run.run_until_stopped()),
-                              name="gpcrun-run", daemon=True)
-        th.start()
-        while not run.ready_event.wait(0.1):
-            if not th.is_alive():
+    current: dict = {}
+    try:
+        for port_try in (1, 2):
+            argv = server_argv(str(binary), args, port=None if has_port else free_port())
+            run = ServerRun(RunOptions(argv=argv, run_dir=run_dir, model_bytes=info.file_size_bytes, quiet=True,
+                                       echo=echo, ready_timeout_s=spec.timeout_s))
+            box: dict = {}
+            th = threading.Thread(target=lambda run=run, box=box: box.update(r=run.run_until_stopped()),
+                                  name="gpcrun-run", daemon=True)
+            th.start()
+            current.update(run=run, th=th)
+            while not run.ready_event.wait(0.1):
+                if not th.is_alive():
+                    break
+            if run.ready_event.is_set() or has_port or port_try == 2:
                 break
-        if run.ready_event.is_set() or has_port or port_try == 2:
-            break
+            th.join()
+            rr = box.get("r")
+            if not (rr and rr.outcome.cause == "port_in_use"):
+                break
+            # free_port() released the port before llama-server bound it and another process took it: a new port
+            echo(f"gpcrun: port {url_of(argv).rsplit(':', 1)[1]} was taken before llama-server bound it; retrying")
+        measured = None
+        bench_error = None
+        timer = None
+        if run.ready_event.is_set():
+            if spec.timeout_s:  # the job's time limit covers the bench too: what the load left of it
+                left = max(0.0, spec.timeout_s - (time.monotonic() - t_start))
+                timer = threading.Timer(left, lambda: run.request_stop("job timeout"))
+                timer.start()
+            try:
+                cfg = BenchConfig(spec.prompt_tokens, spec.gen_tokens, spec.repetitions, True, tuple(spec.concurrency))
+                measured = run_bench(BenchClient(run.url, timeout_s=spec.timeout_s or 600.0), cfg, echo).to_json()
+            except Exception as e:  # noqa: BLE001 - recorded in the receipt
+                bench_error = f"{type(e).__name__}: {e}"
+        timed_out = timer is not None and not timer.is_alive() and run._stop_reason == "job timeout"
+        if timer:
+            timer.cancel()
+        run.request_stop("bench finished")
         th.join()
         rr = box.get("r")
-        if not (rr and rr.outcome.cause == "port_in_use"):
-            break
-        # free_port() released the port before llama-server bound it and another process took it: a new port
-        echo(f"gpcrun: port {url_of(argv).rsplit(':', 1)[1]} was taken before llama-server bound it; retrying")
-    measured = None
-    bench_error = None
-    timer = None
-    if run.ready_event.is_set():
-        if spec.timeout_s:  # the job's time limit covers the bench too: what the load left of it
-            left = max(0.0, spec.timeout_s - (time.monotonic() - t_start))
-            timer = threading.Timer(left, lambda: run.request_stop("job timeout"))
-            timer.start()
-        try:
-            cfg = BenchConfig(spec.prompt_tokens, spec.gen_tokens, spec.repetitions, True, tuple(spec.concurrency))
-            measured = run_bench(BenchClient(run.url, timeout_s=spec.timeout_s or 600.0), cfg, echo).to_json()
-        except Exception as e:  # noqa: BLE001 - recorded in the receipt
-            bench_error = f"{type(e).__name__}: {e}"
-    timed_out = timer is not None and not timer.is_alive() and run._stop_reason == "job timeout"
-    if timer:
-        timer.cancel()
-    run.request_stop("bench finished")
-    th.join()
-    rr = box.get("r")
-    outcome = rr.outcome.to_json() if rr else {"kind": "crashed", "exit_code": 12, "cause": None,
-                                               "reason": "the run ended without a result"}
-    if timed_out:
-        outcome = {"kind": "timeout", "exit_code": 14, "cause": "job_timeout",
-                   "reason": f"the job exceeded its {spec.timeout_s:g} s limit"}
-    elif outcome["kind"] == "clean_stop" and bench_error:
-        outcome = {"kind": "bench_failed", "exit_code": 15, "cause": "bench", "reason": bench_error}
-    if measured is not None:
-        measured.update(compare_with_forecast(plan_doc, measured["decode_tok_s"]["mean"], spec.floor_tok_s))
-        if run.watchdog is not None:
-            measured["peak_rss_bytes"] = run.watchdog.envelope.peak_child_rss_bytes
-            measured["peak_vram_bytes"] = run.watchdog.envelope.peak_child_vram_bytes or None
-    return receipt(argv, measured, rr.envelope if rr else None, outcome)
+        outcome = rr.outcome.to_json() if rr else {"kind": "crashed", "exit_code": 12, "cause": None,
+                                                   "reason": "the run ended without a result"}
+        if timed_out:
+            outcome = {"kind": "timeout", "exit_code": 14, "cause": "job_timeout",
+                       "reason": f"the job exceeded its {spec.timeout_s:g} s limit"}
+        elif outcome["kind"] == "clean_stop" and bench_error:
+            outcome = {"kind": "bench_failed", "exit_code": 15, "cause": "bench", "reason": bench_error}
+        if measured is not None:
+            measured.update(compare_with_forecast(plan_doc, measured["decode_tok_s"]["mean"], spec.floor_tok_s))
+            if run.watchdog is not None:
+                measured["peak_rss_bytes"] = run.watchdog.envelope.peak_child_rss_bytes
+                measured["peak_vram_bytes"] = run.watchdog.envelope.peak_child_vram_bytes or None
+        return receipt(argv, measured, rr.envelope if rr else None, outcome)
+    except KeyboardInterrupt:  # SIGINT/SIGTERM to gpcrun: stop and reap the server before going up
+        if current:
+            current["run"].request_stop("interrupted")
+            current["th"].join(30)
+        raise
 
 
 def _is_ref(model: str) -> bool:

@@ -685,3 +685,29 @@ def test_port_taken_before_llama_server_binds_it_is_retried(tmp_path, monkeypatc
     log = next((tmp_path / "runs").iterdir()) / "server.log"
     assert "gpcrun attempt 1" in log.read_text(errors="replace")
     assert doc["measured"]["decode_tok_s"]["mean"] > 0 and path.exists()
+
+
+def test_sigterm_stops_the_batch_and_the_job_runs_again(batch, tmp_path, tiny_models):
+    """SIGTERM (scancel, a time limit) while a job runs: exit 130, its server reaped, the job pending again with
+    its retry unspent; the next run finishes it."""
+    shim = tmp_path / "never-ready-server"
+    shim.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE} --mode never-ready --max-lifetime-s 60 \"$@\"\n")
+    shim.chmod(0o755)
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text(jobs_toml([{"path": str(tiny_models["tiny-llama-q8_0"]), "name": "slow",
+                                "server_args": FAST}], batch={"timeout_s": 30, "repetitions": 1,
+                                                               "prompt_tokens": 16, "gen_tokens": 4}))
+    out = tmp_path / "out"
+    first = batch([jobs, "--out", out], env={"GPCRUN_LLAMA_SERVER": str(shim)})
+    assert wait_until(lambda: any(r["state"] == "running" for r in db_rows(out)) or first.proc.poll() is not None,
+                      60), first.stderr()
+    assert wait_until(lambda: first.children(), 10)  # its server is up
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.wait(20) == 130, first.stderr()
+    assert "runs again on resume" in first.stderr()
+    (row,) = db_rows(out)
+    assert row["state"] == "pending" and row["attempts"] == 0
+    second = batch([jobs, "--out", out])  # the real llama-server this time
+    assert second.wait(60) == 0, second.stderr()
+    (row,) = db_rows(out)
+    assert row["state"] == "done" and row["outcome"] == "clean_stop" and row["attempts"] == 1

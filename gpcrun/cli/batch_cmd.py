@@ -71,9 +71,17 @@ def batch_cmd(args, out_dir, dry_run, shard, as_json, markdown):
 
     banner = (f"gpcrun batch: {len(mine)} job(s)" + (f" (shard {sh[0]}/{sh[1]} of {len(jobs)})" if sh else "")
               + f" -> {out}")
+    import signal
+    # SIGTERM (scancel, a scheduler's time limit) stops like Ctrl-C: the running job is stopped, reaped and
+    # left pending for the next run (exit 130)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     rows = BatchRunner(mine, out, run_job, banner=banner).run()
     _print(rows, as_json, markdown, render_table, render_markdown)
     click.echo(f"gpcrun batch: summary written to {out}/summary.{{csv,json,md}}", err=True)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _print(rows, as_json, markdown, render_table, render_markdown):
