@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-import psutil
+from ..hardware.host import tree_rss_bytes
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -170,15 +170,6 @@ def next_interval(limits: Limits, samples: Sequence[Sample]) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- sampling
-
-def tree_rss_bytes(pid: int) -> int | None:
-    try:
-        p = psutil.Process(pid)
-        procs = [p] + p.children(recursive=True)
-        return sum(x.memory_info().rss for x in procs)
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return None
-
 
 def make_sampler(child_pid: Callable[[], int | None], nvml=None, gpu_static: Sequence = (),
                  host_reader=None, clock: Callable[[], float] = time.monotonic) -> Callable[[], Sample]:
