@@ -39,12 +39,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..atomic import write_text_atomic
 from ..paths import gpcrun_home
 from .cudart import PcieResult, measure_pcie, normalize_bus_id
 from .fio import DiskBandwidth, measure_disk
@@ -142,24 +142,6 @@ def _load_cache(path: Path, fp: str) -> tuple[dict | None, str | None]:
     return doc, None
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory and os.replace: readers see the old or the new file, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def get_profile(refresh: bool = False, disk: str | None = None, nvml_backend: Any = None, root: str = "/",
                 env: Mapping[str, str] | None = None, home: str | os.PathLike | None = None, measure: bool = True,
                 cpu_buffer_bytes: int = 256 << 20, pcie_lib: Any = None, disk_size_bytes: int = 128 << 20,
@@ -215,7 +197,7 @@ def get_profile(refresh: bool = False, disk: str | None = None, nvml_backend: An
         doc = prof.to_json()
         doc["cached_at"] = _now()
         try:
-            write_atomic(cache_path, json.dumps(doc, indent=1) + "\n")
+            write_text_atomic(cache_path, json.dumps(doc, indent=1) + "\n")
             written = True
         except OSError as e:
             why = f"cache not written: {e}"
