@@ -20,13 +20,11 @@ import requests
 import requests.adapters
 import urllib3
 
+from .errors import BenchError
+
 _WORDS = ("time person year way day thing man world life hand part child eye woman place work week case point "
           "government company number group problem fact house river garden music paper window light story "
           "water money school family night morning question answer market system program city country").split()
-
-
-class BenchError(RuntimeError):
-    """The server answered something a measurement cannot use (prompt cache hit, short output, HTTP error)."""
 
 
 @dataclass(frozen=True)

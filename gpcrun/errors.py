@@ -1,9 +1,14 @@
-"""Error types. Each carries data; the CLI maps types to exit codes and one-line messages (cli/errors.py)."""
+"""Error types. Each carries its data and names its exit code in the one table (exits.py); the CLI prints
+str(err) as one line and exits with `err.exit.code` (cli/errors.py)."""
 from __future__ import annotations
+
+from .exits import Exit
 
 
 class GpcrunError(Exception):
     """Base class: str(err) is the one-line message shown to people."""
+
+    exit = Exit.INTERNAL
 
     def __init__(self, message: str, **data: object) -> None:
         super().__init__(message)
@@ -11,8 +16,16 @@ class GpcrunError(Exception):
         self.data = data
 
 
+class UsageError(GpcrunError):
+    """Bad command-line usage that only the library can see (a llama-server argument it cannot read ...)."""
+
+    exit = Exit.USAGE
+
+
 class ModelFileError(GpcrunError):
     """A model path that cannot be read at all (missing, a directory, permission)."""
+
+    exit = Exit.MODEL_FILE
 
     def __init__(self, path: str, problem: str) -> None:
         super().__init__(f"{path}: {problem}", path=path, problem=problem)
@@ -22,6 +35,8 @@ class ModelFileError(GpcrunError):
 
 class GGUFError(GpcrunError):
     """The file is readable but is not a valid GGUF (bad magic, truncated, absurd counts...)."""
+
+    exit = Exit.GGUF
 
     def __init__(self, path: str, problem: str, offset: int | None = None) -> None:
         where = f" (at byte {offset})" if offset is not None else ""
@@ -36,6 +51,8 @@ class MissingShardError(GGUFError):
 
 
 class ServerBinaryNotFound(GpcrunError):
+    exit = Exit.NO_BINARY
+
     def __init__(self, tried: list[str], name: str = "llama-server") -> None:
         super().__init__(f"{name} not found; tried: " + "; ".join(tried)
                          + ". Build it with: python3 scripts/build_llama.py", tried=tried, name=name)
@@ -45,19 +62,31 @@ class ServerBinaryNotFound(GpcrunError):
 class ReceiptError(GpcrunError):
     """A receipt file that is missing, not JSON, or does not match the schema."""
 
+    exit = Exit.RECEIPT
+
 
 class BatchError(GpcrunError):
     """A job file that cannot be used, or an output directory another gpcrun holds."""
 
+    exit = Exit.BATCH_FILE
+
 
 class BatchLocked(BatchError):
-    pass
+    exit = Exit.BATCH_LOCKED
 
 
-class UnknownGpuError(GpcrunError):
+class UnknownGpuError(UsageError):
     """--gpu NAME not in the spec table."""
 
 
 class HubError(GpcrunError):
     """A Hugging Face Hub ref that cannot be resolved or read: no such repo, revision, file or quant; no
     network (or HF_HUB_OFFLINE=1) and nothing cached; access denied."""
+
+    exit = Exit.HUB
+
+
+class BenchError(GpcrunError):
+    """The server answered something the benchmark cannot use (an error status, missing timings, a cached prompt)."""
+
+    exit = Exit.BENCH_FAILED

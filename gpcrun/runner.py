@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .launch.outcome import EXIT_REFUSED
+from .exits import Exit
 
 
 @dataclass
@@ -77,7 +77,7 @@ def measured_run(spec: RunSpec, store, runs_root: Path | None = None,
         return doc, store.save(doc)
 
     if plan.verdict != "ship" and not spec.force:
-        return receipt(list(plan.argv), None, None, {"kind": "refused", "exit_code": EXIT_REFUSED, "cause": "plan",
+        return receipt(list(plan.argv), None, None, {"kind": "refused", "exit_code": Exit.REFUSED.code, "cause": "plan",
                                                      "reason": "; ".join(plan.reasons)})
     args = list(plan.argv) if plan.argv else ["-m", spec.model, *spec.server_args]
     if hub_info is not None:  # the plan ships: now fetch the weights into the HF cache

@@ -5,8 +5,11 @@ import signal
 
 import pytest
 
-from gpcrun.launch.outcome import (EXIT_CLEAN, EXIT_CRASHED, EXIT_LOAD_FAILED, EXIT_TIMEOUT, EXIT_WATCHDOG,
-                                   classify, log_cause)
+from gpcrun.exits import Exit
+from gpcrun.launch.outcome import classify, log_cause
+
+EXIT_CLEAN, EXIT_CRASHED, EXIT_LOAD_FAILED = Exit.OK.code, Exit.CRASHED.code, Exit.LOAD_FAILED.code
+EXIT_TIMEOUT, EXIT_WATCHDOG = Exit.TIMEOUT.code, Exit.WATCHDOG.code
 
 KILL, ILL, SEGV, TERM = -signal.SIGKILL, -signal.SIGILL, -signal.SIGSEGV, -signal.SIGTERM
 

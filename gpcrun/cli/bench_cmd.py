@@ -9,7 +9,7 @@ import threading
 import click
 
 from ..model import KV_CACHE_TYPES
-from .errors import EXIT_REFUSED
+from ..exits import Exit
 from .main import emit_json, main
 
 
@@ -86,9 +86,9 @@ def bench_cmd(model, url, prompt_tokens, gen_tokens, repetitions, concurrency, n
             for r in plan.reasons:
                 click.echo(f"  - {r}", err=True)
             _finish(None, profile, info, plan_doc, list(plan.argv), None, None,
-                    {"kind": "refused", "exit_code": EXIT_REFUSED, "cause": "plan", "reason": "; ".join(plan.reasons)},
+                    {"kind": "refused", "exit_code": Exit.REFUSED.code, "cause": "plan", "reason": "; ".join(plan.reasons)},
                     str(run_dir), redact_paths, markdown, as_json, floor, header_sha256)
-            sys.exit(EXIT_REFUSED)
+            sys.exit(Exit.REFUSED.code)
         args = list(plan.argv) if plan.argv else ["-m", model, *server_args]
         if "--metrics" not in args:
             args.append("--metrics")

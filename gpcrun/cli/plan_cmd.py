@@ -9,7 +9,7 @@ from ..errors import UnknownGpuError
 from ..fmt import human_bytes, table
 from ..gpu_specs import GPU_SPECS, find_spec
 from ..model import KV_CACHE_TYPES
-from .errors import EXIT_REFUSED
+from ..exits import Exit
 from .main import emit_json, main
 
 
@@ -77,7 +77,7 @@ def plan_cmd(model, ctx, kv_type, parallel, floor, margin, vram, gpu, refresh, a
     else:
         click.echo(render_plan(plan) + ("\n" + describe(hub) if hub else ""))
     if plan.verdict != "ship":
-        raise SystemExit(EXIT_REFUSED)
+        raise SystemExit(Exit.REFUSED.code)
 
 
 def render_plan(plan) -> str:

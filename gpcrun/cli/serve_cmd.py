@@ -7,7 +7,7 @@ import click
 
 from ..fmt import human_bytes
 from ..model import KV_CACHE_TYPES
-from .errors import EXIT_REFUSED
+from ..exits import Exit
 from .main import main
 from .plan_cmd import build_request, build_target, load_calibration
 
@@ -78,7 +78,7 @@ def serve_cmd(model, no_plan, force, quiet, server_bin, ctx, kv_type, parallel, 
                 click.echo(f"  - {r}", err=True)
             if not force:
                 click.echo("gpcrun: refused (use --force to start anyway)", err=True)
-                sys.exit(EXIT_REFUSED)
+                sys.exit(Exit.REFUSED.code)
             args = list(plan.argv) if plan.argv else ["-m", model, *server_args]
         else:
             args = list(plan.argv)

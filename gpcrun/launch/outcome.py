@@ -1,6 +1,6 @@
 """Why a server run ended: pure classification of exit status, log text, OOM-kill counter and watchdog action.
 
-Exit codes are documented in README.md (Exit codes) and listed once here.
+Kinds and exit codes come from the one table, gpcrun/exits.py.
 """
 from __future__ import annotations
 
@@ -8,12 +8,7 @@ import re
 import signal
 from dataclasses import dataclass
 
-EXIT_CLEAN = 0
-EXIT_REFUSED = 10
-EXIT_LOAD_FAILED = 11
-EXIT_CRASHED = 12
-EXIT_WATCHDOG = 13
-EXIT_TIMEOUT = 14
+from ..exits import Exit
 
 # (pattern in llama-server's log, kind, human reason), first match wins
 _LOG_RULES = [
@@ -34,10 +29,18 @@ _LOG_RULES = [
 
 @dataclass(frozen=True)
 class Outcome:
-    kind: str  # clean_stop | refused | load_failed | crashed | watchdog_abort | timeout
+    kind: str  # an Exit member's kind: clean_stop | refused | load_failed | crashed | watchdog_abort | timeout ...
     exit_code: int
     cause: str | None  # oom_kill | sigill | signal | gpu_oom | host_oom | bad_flag | model_invalid | ...
     reason: str  # one line for people
+
+    @classmethod
+    def of(cls, exit: Exit, cause: str | None, reason: str) -> "Outcome":
+        return cls(exit.kind or exit.name.lower(), exit.code, cause, reason)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Outcome":
+        return cls(d["kind"], int(d["exit_code"]), d.get("cause"), d.get("reason") or "")
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -65,15 +68,15 @@ def classify(returncode: int | None, phase: str, log_tail: str = "", oom_kills_b
              stopped_by_user: bool = False, timed_out: bool = False) -> Outcome:
     """phase: where the server was when it ended: 'loading' or 'ready'."""
     if watchdog_rule:
-        return Outcome("watchdog_abort", EXIT_WATCHDOG, watchdog_rule, f"watchdog stopped the server: {watchdog_message}")
+        return Outcome.of(Exit.WATCHDOG, watchdog_rule, f"watchdog stopped the server: {watchdog_message}")
     if timed_out:
-        return Outcome("timeout", EXIT_TIMEOUT, "timeout", "llama-server did not become ready in time")
+        return Outcome.of(Exit.TIMEOUT, "timeout", "llama-server did not become ready in time")
     if stopped_by_user:
-        return Outcome("clean_stop", EXIT_CLEAN, None, "stopped on request"
+        return Outcome.of(Exit.OK, None, "stopped on request"
                        + ("" if returncode in (0, None, -signal.SIGTERM, -signal.SIGKILL) else f" (server exit {returncode})"))
     load = phase == "loading"
-    code = EXIT_LOAD_FAILED if load else EXIT_CRASHED
-    kind = "load_failed" if load else "crashed"
+    ex = Exit.LOAD_FAILED if load else Exit.CRASHED
+    kind, code = ex.kind, ex.code
     where = "while loading" if load else "after it was ready"
     if returncode == -signal.SIGKILL or returncode == 137:
         if oom_kills_before is not None and oom_kills_after is not None and oom_kills_after > oom_kills_before:

@@ -1,0 +1,43 @@
+"""The one exit-code table (gpcrun/exits.py) agrees with README.md, and every error names a member of it."""
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import gpcrun.errors as errors_mod
+from gpcrun.cli.errors import exit_code_for
+from gpcrun.errors import GpcrunError
+from gpcrun.exits import Exit
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_table() -> dict[int, str]:
+    text = README.read_text()
+    section = text.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    return {int(m.group(1)): m.group(2).strip() for m in re.finditer(r"^\| (\d+) \| (.*) \|$", section, re.M)}
+
+
+def test_readme_table_equals_the_enum():
+    assert _readme_table() == {m.code: m.meaning for m in Exit}
+
+
+def test_codes_and_kinds_are_unique():
+    codes = [m.code for m in Exit]
+    kinds = [m.kind for m in Exit if m.kind]
+    assert len(codes) == len(set(codes)) and len(kinds) == len(set(kinds))
+    assert Exit.for_kind("bench_failed").code == 15 and Exit.for_code(130) is Exit.INTERRUPTED
+
+
+def test_every_error_class_maps_to_a_member():
+    classes = [c for _, c in inspect.getmembers(errors_mod, inspect.isclass) if issubclass(c, GpcrunError)]
+    from gpcrun.server_args import ServerArgsError
+    classes.append(ServerArgsError)
+    for c in classes:
+        assert isinstance(c.exit, Exit), c
+    assert exit_code_for(ServerArgsError("x")) == 2
+    assert exit_code_for(errors_mod.ModelFileError("p", "no such file")) == 3
+    assert exit_code_for(errors_mod.BatchLocked("held")) == 8
+    assert exit_code_for(errors_mod.BenchError("bad")) == 15
+    assert exit_code_for(ValueError("bug")) == 1
