@@ -1,0 +1,117 @@
+"""Redaction of receipts: secret flags' values in argv, secret environment variables, literal secrets and hf_ tokens
+anywhere in a document, and (on request) the home directory and host name."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+from typing import Any, Iterable, Mapping, Sequence
+
+REDACTED = "<redacted>"
+_SECRET_FLAGS = {"--api-key", "--api-key-file", "--ssl-key-file", "--hf-token", "-hft"}
+_SECRET_ENV = re.compile(r"((^|_)(TOKEN|KEY|SECRET|KEY_FILE|CREDENTIALS)|PASSWORD|PASSWD)$", re.IGNORECASE)
+_HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{8,}")
+# Secret values shorter than this are only redacted where they are known to be (argv, env), not searched for in
+# every string of the receipt: replacing a 3-character key everywhere would corrupt numbers and names.
+_MIN_SCRUB_LEN = 6
+# a secret flag and its value quoted inside free text (an outcome reason: "rejected an argument: --api-key=k")
+_FLAG_IN_TEXT = re.compile(r"(?<![\w-])(" + "|".join(re.escape(f) for f in sorted(_SECRET_FLAGS, key=len, reverse=True))
+                           + r")(=|\s+)(['\"]?)(?!<redacted>)[^\s'\",;)]+")
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    hide_next = False
+    for a in argv:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in _SECRET_FLAGS:
+            if "=" in a:
+                out.append(f"{name}={REDACTED}")
+            else:
+                out.append(a)
+                hide_next = True
+            continue
+        out.append(_HF_TOKEN.sub(REDACTED, a))
+    return out
+
+
+def secret_values(argv: Sequence[str], env: Mapping[str, str]) -> set[str]:
+    """The literal secrets in an argv (values of secret flags) and an environment (*_TOKEN, *_KEY... values)."""
+    out: set[str] = set()
+    args = list(argv)
+    for i, a in enumerate(args):
+        name, eq, val = a.partition("=")
+        if name in _SECRET_FLAGS:
+            v = val if eq else (args[i + 1] if i + 1 < len(args) else "")
+            if v:
+                out.add(v)
+    out.update(v for k, v in env.items() if v and _SECRET_ENV.search(k))
+    return out
+
+
+def redact_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Only the variables that shape a run are kept; any *_TOKEN/*_KEY value is redacted."""
+    keep = {}
+    for k, v in env.items():
+        if k.startswith(("LLAMA_", "GGML_", "CUDA_", "GPCRUN_", "HF_", "OMP_")) or _SECRET_ENV.search(k):
+            keep[k] = REDACTED if _SECRET_ENV.search(k) or _HF_TOKEN.search(v) else v
+    return dict(sorted(keep.items()))
+
+
+def scrub(doc: Any, secrets_: Iterable[str] = ()) -> Any:
+    """Every string list that carries a secret flag is redacted like an argv (the plan's argv, a run's argv);
+    hf_ tokens and the given literal secrets (long enough to search for) are replaced in every string."""
+    lits = sorted({s for s in secrets_ if len(s) >= _MIN_SCRUB_LEN}, key=len, reverse=True)
+
+    def fix_str(x: str) -> str:
+        for s in lits:
+            if s in x:
+                x = x.replace(s, REDACTED)
+        if "-" in x:
+            x = _FLAG_IN_TEXT.sub(lambda m: m.group(1) + m.group(2) + m.group(3) + REDACTED, x)
+        return _HF_TOKEN.sub(REDACTED, x)
+
+    def fix(x):
+        if isinstance(x, str):
+            return fix_str(x)
+        if isinstance(x, list):
+            if any(isinstance(v, str) and v.split("=", 1)[0] in _SECRET_FLAGS for v in x):
+                x = redact_argv([v if isinstance(v, str) else str(v) for v in x]) \
+                    if all(isinstance(v, str) for v in x) else x
+            return [fix(v) for v in x]
+        if isinstance(x, dict):
+            return {fix(k) if isinstance(k, str) else k: fix(v) for k, v in x.items()}
+        return x
+    return fix(doc)
+
+
+def _token_re(word: str) -> re.Pattern:
+    # whole names only: the host "vm" must not turn "llvm" into "ll<host>", home "/home/a" must spare "/home/ab"
+    return re.compile(r"(?<![A-Za-z0-9_.-])" + re.escape(word) + r"(?![A-Za-z0-9_-])")
+
+
+def redact_paths(doc: Any, home: str | None = None, hostname: str | None = None) -> Any:
+    """Replace the home directory with ~ and the host name with <host> everywhere in a JSON document."""
+    home = (home or os.path.expanduser("~")).rstrip("/")
+    hostname = hostname or socket.gethostname()
+    home_re = re.compile(re.escape(home) + r"(?=/|$|[^A-Za-z0-9_.-])") if home and home != "/" else None
+    names = {hostname, hostname.split(".")[0]} if hostname else set()
+    host_res = [_token_re(n) for n in sorted(names, key=len, reverse=True) if len(n) >= 2]
+
+    def fix(x):
+        if isinstance(x, str):
+            if home_re is not None:
+                x = home_re.sub("~", x)
+            for rx in host_res:
+                x = rx.sub("<host>", x)
+            return x
+        if isinstance(x, list):
+            return [fix(v) for v in x]
+        if isinstance(x, dict):
+            return {fix(k): fix(v) for k, v in x.items()}
+        return x
+    return fix(doc)
