@@ -1,0 +1,110 @@
+"""Architecture facts from GGUF metadata: the hparams llama.cpp reads (llama-model.cpp, load_hparams), by name,
+with llama.cpp's own defaults where the GGUF carries none."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from ..errors import GGUFError
+from .ggml import FILE_TYPE_NAMES
+from .info import KVField, TensorInfo
+
+# llama.cpp hard-codes these SWA patterns where the GGUF carries none (llama-model.cpp, set_swa_pattern).
+_DEFAULT_SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "cohere2": 4, "exaone4": 4}
+# Architectures whose every layer is recurrent (fixed state per sequence, no KV cache).
+_RECURRENT_ARCHS = {"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"}
+
+_INT_TYPES = frozenset(("UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "UINT64", "INT64"))
+# llama.cpp's LLAMA_MAX_LAYERS is 512; this looser bound only keeps per-layer work finite.
+MAX_BLOCK_COUNT = 1 << 16
+
+
+def _int_value(md: Mapping[str, KVField], key: str, path: str, bools: bool = False) -> Any:
+    """An integer hparam (scalar or kept array), or None if absent; wrong types raise like llama.cpp does."""
+    f = md.get(key)
+    if f is None:
+        return None
+    t = f.elem_type if f.type == "ARRAY" else f.type
+    if t not in _INT_TYPES and not (bools and t == "BOOL"):
+        desc = f"ARRAY of {f.elem_type}" if f.type == "ARRAY" else f.type
+        raise GGUFError(path, f"key {key!r} has type {desc}, expected an integer or an array of integers")
+    if f.type == "ARRAY" and f.value is None:
+        raise GGUFError(path, f"key {key!r} is an array of {f.count} elements, too long for a per-layer value")
+    if any(v < 0 for v in (f.value if f.type == "ARRAY" else (f.value,))):
+        raise GGUFError(path, f"key {key!r} has a negative value")
+    return f.value
+
+
+def derive_facts(md: Mapping[str, KVField], tensors: Iterable[TensorInfo], path: str = "<metadata>") -> dict[str, Any]:
+    """Facts from the metadata; raises GGUFError (naming `path`) for hparams of the wrong type or out of range."""
+    def g(key: str) -> Any:
+        f = md.get(key)
+        return None if f is None else f.value
+
+    arch_f = md.get("general.architecture")
+    if arch_f is not None and arch_f.type != "STRING":
+        raise GGUFError(path, f"key 'general.architecture' has type {arch_f.type}, expected STRING")
+    arch = g("general.architecture")
+    a = (lambda k, bools=False: _int_value(md, f"{arch}.{k}", path, bools)) if arch else (lambda k, bools=False: None)
+    tensors = list(tensors)
+    ftype = g("general.file_type")
+    n_layer = a("block_count")
+    if isinstance(n_layer, tuple) or (n_layer is not None and n_layer > MAX_BLOCK_COUNT):
+        raise GGUFError(path, f"{arch}.block_count is {n_layer!r}, expected an integer <= {MAX_BLOCK_COUNT}")
+    n_embd = a("embedding_length")
+    n_head = a("attention.head_count")
+    n_head_kv = a("attention.head_count_kv")
+    n_head_scalar = max(n_head) if isinstance(n_head, tuple) and n_head else n_head
+    key_length = a("attention.key_length")
+    if key_length is None and n_embd and n_head_scalar:
+        key_length = n_embd // n_head_scalar
+    value_length = a("attention.value_length")
+    if value_length is None:
+        value_length = key_length
+    tokens = md.get("tokenizer.ggml.tokens")
+    vocab = a("vocab_size") or (tokens.count if tokens is not None else None)
+    if vocab is None:
+        emb = next((t for t in tensors if t.name == "token_embd.weight"), None)
+        vocab = emb.shape[1] if emb is not None and len(emb.shape) > 1 else None
+    swa_pattern = a("attention.sliding_window_pattern", bools=True)
+    n_layer_dense = a("leading_dense_block_count")
+    facts: dict[str, Any] = {
+        "architecture": arch,
+        "name": g("general.name"),
+        "file_type": ftype,
+        "file_type_name": FILE_TYPE_NAMES.get(ftype) if isinstance(ftype, int) else None,
+        "quantization_version": g("general.quantization_version"),
+        "context_length": a("context_length"),
+        "embedding_length": n_embd,
+        "block_count": n_layer,
+        "feed_forward_length": a("feed_forward_length"),
+        "head_count": n_head,
+        "head_count_kv": n_head_kv if n_head_kv is not None else n_head,
+        "key_length": key_length,
+        "value_length": value_length,
+        "key_length_swa": a("attention.key_length_swa"),
+        "value_length_swa": a("attention.value_length_swa"),
+        "rope_dimension_count": a("rope.dimension_count"),
+        "vocab_size": vocab,
+        "expert_count": a("expert_count"),
+        "expert_used_count": a("expert_used_count"),
+        "expert_shared_count": a("expert_shared_count"),
+        "expert_feed_forward_length": a("expert_feed_forward_length"),
+        "expert_shared_feed_forward_length": a("expert_shared_feed_forward_length"),
+        "leading_dense_block_count": n_layer_dense,
+        "sliding_window": a("attention.sliding_window"),
+        "sliding_window_pattern": swa_pattern if swa_pattern is not None else _DEFAULT_SWA_PATTERN.get(arch),
+        "q_lora_rank": a("attention.q_lora_rank"),
+        "kv_lora_rank": a("attention.kv_lora_rank"),
+        "key_length_mla": a("attention.key_length_mla"),
+        "value_length_mla": a("attention.value_length_mla"),
+        "ssm_conv_kernel": a("ssm.conv_kernel"),
+        "ssm_inner_size": a("ssm.inner_size"),
+        "ssm_state_size": a("ssm.state_size"),
+        "ssm_time_step_rank": a("ssm.time_step_rank"),
+        "ssm_group_count": a("ssm.group_count"),
+        "wkv_head_size": a("wkv.head_size"),
+        "token_shift_count": a("token_shift_count"),
+        "recurrent": arch in _RECURRENT_ARCHS if arch else None,
+        "tensor_count": len(tensors),
+    }
+    return facts
