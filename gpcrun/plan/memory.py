@@ -1,0 +1,43 @@
+"""The memory map: what each device holds for a placement (weights, context, compute, other) against its room."""
+from __future__ import annotations
+
+from .compute import estimate_compute_bytes
+from .constants import HOST_MARGIN_FRACTION, HOST_MARGIN_MIN_BYTES, HOST_PROCESS_OVERHEAD_BYTES
+from .kv import context_bytes_by_device
+from .layout import LayoutTable, _layer_device
+from .request import Request, Target
+from .types import DeviceMemory, Placement
+
+
+def output_buffer_bytes(table: LayoutTable, pl: Placement) -> int:
+    # llama_context output buffer: logits for n_seq outputs (f32) + embeddings (none for generation)
+    return table.n_vocab * 4 * max(1, pl.parallel)
+
+
+def memory_map(table: LayoutTable, target: Target, pl: Placement, req: Request) -> tuple[DeviceMemory, ...]:
+    n_gpus = len(target.gpus)
+    model_b, _ = table.weights_by_device(pl, n_gpus)
+    ctx_b = context_bytes_by_device(table, pl, n_gpus)
+    facts = dict(table.model.facts)
+    runs = [False] * (n_gpus + 1)
+    for il in range(table.n_layer + 1):
+        runs[_layer_device(il, table.n_layer, pl.ngl, n_gpus, pl.splits)] = True
+    runs[0] = True  # the CPU backend always holds the input and the graph's CPU parts
+    out = []
+    for i, dev in enumerate(target.devices):
+        if dev.kind == "host":
+            margin = req.host_margin_bytes
+            if margin is None:  # the watchdog's SIGTERM line: max(1 GiB, 5 % of the effective limit)
+                base = dev.limit_bytes or dev.capacity_bytes or 0
+                margin = max(HOST_MARGIN_MIN_BYTES, int(HOST_MARGIN_FRACTION * base))
+            other = output_buffer_bytes(table, pl) + HOST_PROCESS_OVERHEAD_BYTES
+        else:
+            margin = req.gpu_margin_bytes
+            other = dev.runtime_overhead_bytes
+        held = model_b[i]
+        if dev.kind == "host" and pl.mmap:
+            held = table.host_mapped_bytes(pl, n_gpus)
+        out.append(DeviceMemory(dev.name, dev.kind, held, ctx_b[i],
+                                estimate_compute_bytes(facts, pl, dev.kind, runs[i]),
+                                other, dev.capacity_bytes, margin, model_b[i]))
+    return tuple(out)
