@@ -10,6 +10,10 @@ Usage: scripts/build_llama.py [--cuda] [--cuda-arch 90] [--jobs N] [--cache-dir 
 from __future__ import annotations
 
 import argparse
+try:
+    import fcntl
+except ImportError:  # not on Windows: builds there are not serialised
+    fcntl = None
 import hashlib
 import json
 import os
@@ -143,6 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     compiler = compiler_id(args.cuda)
     key = build_key(flags, compiler)
     out = root / "llama.cpp" / key
+    # One build per key at a time: a second caller (a test fixture while set-up builds) waits, then finds it
+    # cached. Two makes in one build dir corrupt it (measured: libllama.a archive errors).
+    (root / "build").mkdir(parents=True, exist_ok=True)
+    with open(root / "build" / f"{key}.lock", "w") as lock:
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"another build of key {key} is running; waiting for it")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(args, root, src, flags, compiler, key, out)
+
+
+def _build_locked(args, root: Path, src: Path, flags: list[str], compiler: str, key: str, out: Path) -> int:
     if (out / "build.json").exists() and all((out / "bin" / t).exists() for t in TARGETS):
         log(f"cached: {out} (key {key})")
         _mark_current(root, out, args.cuda)
