@@ -7,7 +7,6 @@ n_predict with ignore_eos so its length is exact.
 from __future__ import annotations
 
 import json
-import os
 import random
 import socket
 import statistics
@@ -250,33 +249,6 @@ def check_timings(t: dict, prompt_n: int | None = None, predicted_n: int | None 
         raise BenchError(f"prompt_n {t.get('prompt_n')} != {prompt_n} requested")
     if predicted_n is not None and t.get("predicted_n") != predicted_n:
         raise BenchError(f"predicted_n {t.get('predicted_n')} != {predicted_n} requested")
-
-
-def api_key_from(server_args: Sequence[str], env: dict | None = None) -> str | None:
-    """The key a client must send to a llama-server started with these args (--api-key, --api-key-file, or
-    their environment variables LLAMA_API_KEY / LLAMA_ARG_API_KEY_FILE); None when it needs none."""
-    env = os.environ if env is None else env
-    key = key_file = None
-    args = list(server_args)
-    for i, a in enumerate(args):
-        name, eq, val = a.partition("=")
-        if name in ("--api-key", "--api-key-file"):
-            v = val if eq else (args[i + 1] if i + 1 < len(args) else None)
-            if name == "--api-key":
-                key = v
-            else:
-                key_file = v
-    if key is None and key_file is None:
-        key, key_file = env.get("LLAMA_API_KEY"), env.get("LLAMA_ARG_API_KEY_FILE")
-    if key:
-        return next((k for k in key.split(",") if k), None)
-    if key_file:
-        try:
-            with open(key_file) as f:
-                return next((ln.rstrip("\n") for ln in f if ln.strip() and not ln.startswith("#")), None)
-        except OSError:
-            return None  # the server fails to load with the same file: the receipt says why
-    return None
 
 
 def make_prompt(pool: Sequence[int], n: int, salt: int) -> list[int]:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from gpcrun import receipt as R
-from gpcrun.bench import (BenchClient, BenchConfig, BenchError, Stats, api_key_from, check_timings, make_prompt,
-                          percentile, run_bench)
+from gpcrun.bench import BenchClient, BenchConfig, BenchError, Stats, check_timings, make_prompt, percentile, run_bench
+from gpcrun.server_args import ServerArgs, settings
 
 from .llama_server import RealServer
 
@@ -312,12 +312,17 @@ def test_client_sends_no_cache_and_raises_on_cache_hit():
     assert s.headers["Authorization"] == "Bearer k"
 
 
+def api_key_from(argv, env):
+    return settings.api_key(ServerArgs.parse(argv, env))
+
+
 def test_api_key_from(tmp_path):
     kf = tmp_path / "keys"
     kf.write_text("# comment\n\nkey-from-file\nsecond\n")
     assert api_key_from(["-t", "1"], {}) is None
     assert api_key_from(["--api-key", "a,b"], {}) == "a"
-    assert api_key_from(["--api-key=z"], {"LLAMA_API_KEY": "env"}) == "z"
+    assert api_key_from(["--api-key", "z"], {"LLAMA_API_KEY": "env"}) == "env"  # env first, both valid
+    assert api_key_from(["--api-key=z"], {}) is None  # not llama-server syntax: it rejects the argument
     assert api_key_from(["--api-key-file", str(kf)], {}) == "key-from-file"
     assert api_key_from([], {"LLAMA_API_KEY": "env"}) == "env"
     assert api_key_from([], {"LLAMA_ARG_API_KEY_FILE": str(kf)}) == "key-from-file"

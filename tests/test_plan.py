@@ -20,8 +20,9 @@ from types import MappingProxyType
 import pytest
 
 from gpcrun import gpu_specs
+from gpcrun.server_args import ServerArgsError
 from gpcrun.plan import (DEFAULT_GPU_RUNTIME_OVERHEAD_BYTES, GIB, MIB, DeviceTarget, LayoutTable,
-                         Placement, PlanArgError, Request, Target, context_bytes_by_device, kv_size_tokens,
+                         Placement, Request, Target, context_bytes_by_device, kv_size_tokens,
                          make_plan, parse_server_args)
 from gpcrun.targets import SPEC_DRIVER_RESERVE_BYTES, _spec_for_name, target_from_profile
 from tests.synthetic import moe_model
@@ -139,7 +140,7 @@ def pad256(n: int) -> int:
     (["-ngl", "20"], {"ngl": 20}),
     (["--gpu-layers", "7"], {"ngl": 7}),
     (["--n-gpu-layers", "20"], {"ngl": 20}),
-    (["--n-gpu-layers=20"], {"ngl": 20}),
+    (["--n-gpu-layers=20"], {"ngl": None}),  # no '=' form in llama-server: passed through, pins nothing
     (["-ngl", "0"], {"ngl": 0}),
     (["-ngl", "all"], {"ngl": 10 ** 6}),
     (["-ngl", "-2"], {"ngl": 10 ** 6}),
@@ -147,19 +148,19 @@ def pad256(n: int) -> int:
     (["-ngl", "-1"], {"ngl": None}),
     (["-ncmoe", "10"], {"n_cpu_moe": 10}),
     (["--n-cpu-moe", "3"], {"n_cpu_moe": 3}),
-    (["--n-cpu-moe=5"], {"n_cpu_moe": 5}),
+    (["--n-cpu-moe=5"], {"n_cpu_moe": None}),
     (["--cpu-moe"], {"cpu_moe": True}),
     (["-cmoe"], {"cpu_moe": True}),
     (["-ot", "a=CPU,b=CUDA0"], {"overrides": (("a", "CPU"), ("b", "CUDA0"))}),
     (["-ot", r"blk\.1\.=CPU", "--override-tensor", "exps=CUDA1"],
      {"overrides": ((r"blk\.1\.", "CPU"), ("exps", "CUDA1"))}),
-    (["--override-tensor=token_embd=CUDA0"], {"overrides": (("token_embd", "CUDA0"),)}),
+    (["--override-tensor=token_embd=CUDA0"], {"overrides": ()}),
     (["-c", "8192"], {"ctx": 8192}),
     (["--ctx-size", "0"], {"ctx": 0}),
-    (["--ctx-size=4096"], {"ctx": 4096}),
+    (["--ctx-size=4096"], {"ctx": None}),
     (["-ctk", "q8_0", "-ctv", "q4_0"], {"type_k": "q8_0", "type_v": "q4_0"}),
     (["--cache-type-k", "bf16"], {"type_k": "bf16", "type_v": None}),
-    (["--cache-type-v=iq4_nl"], {"type_v": "iq4_nl"}),
+    (["--cache-type-v=iq4_nl"], {"type_v": None}),
     (["-np", "3"], {"parallel": 3}),
     (["--parallel", "2"], {"parallel": 2}),
     (["-fa", "on"], {"flash_attn": "on"}),
@@ -193,7 +194,7 @@ def test_parse_server_args_keeps_everything_verbatim():
             "--n-gpu-layers=3", "-c", "0", "--jinja", "--", "x y"]
     pin = parse_server_args(argv)
     assert pin.passthrough == tuple(argv)
-    assert pin.ngl == 3 and pin.ctx == 0
+    assert pin.ngl == 10 ** 6 and pin.ctx == 0  # '--n-gpu-layers=3' is not llama-server syntax: '-ngl all' holds
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -209,21 +210,29 @@ def test_parse_server_args_keeps_everything_verbatim():
     (["-ngl", "x"], "integer"),
     (["-ngl", "1.5"], "integer"),
     (["-c", "8k"], "integer"),
-    (["--ctx-size="], "integer"),
+    (["--ctx-size", ""], "integer"),
     (["-np", "two"], "integer"),
     (["-ncmoe", "x"], "integer"),
     (["-ub", ""], "integer"),
     (["-ctk", "q9_9"], "KV cache type"),
     (["-ctv", "fp16"], "KV cache type"),
-    (["--cache-type-k=Q8_0"], "KV cache type"),
+    (["--cache-type-k", "Q8_0"], "KV cache type"),
     (["-ot", "noequals"], "pattern=BUFFER_TYPE"),
     (["-ot", "a=CPU,b"], "pattern=BUFFER_TYPE"),
     (["-ot", r"blk\.(=CPU"], "not a valid regex"),
     (["-ot", "*exps=CPU"], "not a valid regex"),
 ])
 def test_parse_server_args_rejects(argv, needle):
-    with pytest.raises(PlanArgError, match=re.escape(needle)):
+    with pytest.raises(ServerArgsError, match=re.escape(needle)):
         parse_server_args(argv)
+
+
+def test_equals_forms_are_not_llama_server_syntax():
+    """llama-server has no --flag=value form (common_params_parse_ex rejects '--ctx-size=8192' as an invalid
+    argument): it is passed through verbatim for llama-server to reject, and pins nothing."""
+    pin = parse_server_args(["--ctx-size=8192", "--cache-type-k=Q8_0"])
+    assert pin.ctx is None and pin.type_k is None
+    assert pin.passthrough == ("--ctx-size=8192", "--cache-type-k=Q8_0")
 
 
 def test_parse_server_args_underscore_long_options():

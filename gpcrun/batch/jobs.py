@@ -162,8 +162,9 @@ def _check_settings(s: dict, source: str) -> None:
 def _check_server_args(args: list[str], where: str) -> None:
     """The planner reads some llama-server flags (-c, -ngl, -ctk...): a value it cannot parse is a job-file error
     now, not a failure in the middle of the batch."""
-    from ..plan import PlanArgError, parse_server_args
+    from ..plan import parse_server_args
+    from ..server_args import ServerArgsError
     try:
         parse_server_args(args)
-    except PlanArgError as e:
+    except ServerArgsError as e:
         raise BatchError(f"{where}: server_args: {e}") from None

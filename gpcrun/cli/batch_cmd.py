@@ -51,8 +51,10 @@ def batch_cmd(args, out_dir, dry_run, shard, as_json, markdown):
         _dry_run(mine, as_json)
         return
     from ..batch import BatchRunner
+    from ..batch import job_summary
+    from ..bench import BenchConfig
+    from ..pipeline import RunConfig, run
     from ..receipt import ReceiptStore
-    from ..runner import RunSpec, job_summary, measured_run
 
     store = ReceiptStore(out / "receipts")
     global_store = ReceiptStore()
@@ -60,14 +62,15 @@ def batch_cmd(args, out_dir, dry_run, shard, as_json, markdown):
     def run_job(job, out_dir):
         s = job.settings
         model = job.model  # a hub ref is planned from its header and downloaded only if it ships
-        spec = RunSpec(model=model, ctx=s["ctx"], kv_type=s["kv_type"], parallel=s["parallel"],
-                       server_args=s["server_args"], concurrency=s["concurrency"], prompt_tokens=s["prompt_tokens"],
-                       gen_tokens=s["gen_tokens"], repetitions=s["repetitions"], timeout_s=float(s["timeout_s"]))
-        doc, path = measured_run(spec, store, runs_root=out_dir / "runs")
-        global_store.save(doc)  # the batch's receipts calibrate later plans too
-        o = doc["outcome"]
-        return {"ok": o["kind"] == "clean_stop", "receipt": str(path), "outcome": o["kind"],
-                "exit_code": o["exit_code"], "summary": job_summary(doc)}
+        bench = BenchConfig(s["prompt_tokens"], s["gen_tokens"], s["repetitions"], True, tuple(s["concurrency"]))
+        res = run(RunConfig(model=model, server_args=s["server_args"], ctx=s["ctx"], kv_type=s["kv_type"],
+                            parallel=s["parallel"], bench=bench, timeout_s=float(s["timeout_s"]), quiet=True,
+                            echo=lambda m: None, runs_root=out_dir / "runs", store=store, write_receipt=True,
+                            auto_port=True, handle_signals=False))
+        global_store.save(res.receipt)  # the batch's receipts calibrate later plans too
+        o = res.outcome
+        return {"ok": o.kind == "clean_stop", "receipt": str(res.receipt_path), "outcome": o.kind,
+                "exit_code": o.exit_code, "summary": job_summary(res.receipt)}
 
     banner = (f"gpcrun batch: {len(mine)} job(s)" + (f" (shard {sh[0]}/{sh[1]} of {len(jobs)})" if sh else "")
               + f" -> {out}")
@@ -95,18 +98,16 @@ def _print(rows, as_json, markdown, render_table, render_markdown):
 
 def _dry_run(jobs, as_json):
     from ..fmt import table
-    from ..plan import make_plan
-    from .plan_cmd import build_request, build_target, load_calibration
+    from ..planning import build_request, build_target, plan_model, resolve_model
 
     target = build_target((), (), False)
     rows = []
     for job in jobs:
         s = job.settings
         try:
-            info = _header_info(job.model)
             req = build_request(s["ctx"], s["kv_type"], max(s["parallel"], max(s["concurrency"] or [1])), 1.0,
-                                None, s["server_args"])
-            plan = make_plan(info, target, req, load_calibration(info, target, req.pinned))
+                                None, s["server_args"], env=os.environ)
+            plan = plan_model(resolve_model(job.model), req, target)
             ev = plan.chosen or plan.nearest
             fc = ev.forecast.decode_tok_s if ev else None
             rows.append({"job": job.index, "model": job.label, "config": job.describe(), "verdict": plan.verdict,
@@ -121,12 +122,3 @@ def _dry_run(jobs, as_json):
                        "null" if r["forecast_tok_s"] is None else f"{r['forecast_tok_s']:.1f}",
                        (r["reasons"] or [""])[0][:80]] for r in rows],
                      ["job", "model", "config", "verdict", "forecast tok/s", "reason"], "llllrl"))
-
-
-def _header_info(spec: str):
-    """ModelInfo from a local file, or (hub refs) from ranged header reads, for planning without the weights."""
-    from ..hub import is_hub_ref, load_ref_header
-    from ..model import load_model
-    if is_hub_ref(spec):
-        return load_ref_header(spec)[0]
-    return load_model(spec)

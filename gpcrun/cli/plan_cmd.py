@@ -5,42 +5,10 @@ import shlex
 
 import click
 
-from ..errors import UnknownGpuError
 from ..fmt import human_bytes, table
-from ..gpu_specs import GPU_SPECS, find_spec
 from ..model import KV_CACHE_TYPES
 from ..exits import Exit
 from .main import emit_json, main
-
-
-def build_request(ctx, kv_type, parallel, floor, margin, server_args):
-    from ..plan import MIB, PlanArgError, Request, parse_server_args
-    try:
-        pinned = parse_server_args(server_args)
-    except PlanArgError as e:
-        raise click.UsageError(f"after --: {e}") from None
-    kw = {}
-    if margin is not None:
-        kw["gpu_margin_bytes"] = int(margin * MIB)
-    return Request(ctx=ctx, kv_type=kv_type, parallel=parallel, floor_tok_s=floor, pinned=pinned, **kw)
-
-
-def load_calibration(info, target, pinned):
-    from ..receipt import argv_threads, load_calibration as load
-    return load(info, target, argv_threads(pinned.passthrough))
-
-
-def build_target(vram, gpu, refresh: bool):
-    from ..hardware.profile import get_profile
-    from ..targets import target_from_profile
-    specs = []
-    for name in gpu:
-        spec = find_spec(name)
-        if spec is None:
-            raise UnknownGpuError(f"unknown GPU {name!r}; known: " + ", ".join(s.name for s in GPU_SPECS.values()))
-        specs.append(spec)
-    doc = get_profile(refresh=refresh).to_json()
-    return target_from_profile(doc, vram_mib=list(vram), specs=specs)
 
 
 @main.command("plan", context_settings={"ignore_unknown_options": True})
@@ -61,17 +29,14 @@ def plan_cmd(model, ctx, kv_type, parallel, floor, margin, vram, gpu, refresh, a
     """Plan how to run MODEL with llama-server; arguments after -- are pinned and passed through.
 
     MODEL is a path, or a hub ref (hf://OWNER/REPO[@REV]/FILE.gguf, OWNER/REPO[:QUANT]): its header only is read."""
-    from dataclasses import replace
+    import os
 
-    from ..hub import describe, hub_argv, is_hub_ref, load_ref_header
-    from ..model import load_model
-    from ..plan import make_plan
-    req = build_request(ctx, kv_type, parallel, floor, margin, server_args)
-    info, hub = load_ref_header(model) if is_hub_ref(model) else (load_model(model), None)
-    target = build_target(vram, gpu, refresh)
-    plan = make_plan(info, target, req, load_calibration(info, target, req.pinned))
-    if hub:
-        plan = replace(plan, argv=hub_argv(plan.argv, info, hub))
+    from ..hub import describe
+    from ..planning import build_request, build_target, plan_model, resolve_model
+    req = build_request(ctx, kv_type, parallel, floor, margin, server_args, env=os.environ)
+    resolved = resolve_model(model)
+    plan = plan_model(resolved, req, build_target(vram, gpu, refresh))
+    hub = resolved.hub
     if as_json:
         emit_json(dict(plan.to_json(), **({"hub": hub} if hub else {})))
     else:

@@ -7,9 +7,7 @@ import click
 
 from ..fmt import human_bytes
 from ..model import KV_CACHE_TYPES
-from ..exits import Exit
 from .main import main
-from .plan_cmd import build_request, build_target, load_calibration
 
 
 def plan_summary(plan) -> str:
@@ -56,33 +54,14 @@ def plan_summary(plan) -> str:
 def serve_cmd(model, no_plan, force, quiet, server_bin, ctx, kv_type, parallel, floor, margin, restart,
               max_restarts, ready_timeout, grace, min_host_available, kill_host_available, min_gpu_free, max_temp,
               max_power, server_args):
-    """Run MODEL under llama-server, supervised and watched; args after -- go to llama-server (user wins)."""
-    from ..launch.binary import find_tool
-    from ..launch.run import RunOptions, ServerRun, new_run_dir, server_argv, write_json_atomic
-    from ..launch.watchdog import MIB, Limits
-    from ..model import load_model
-    from ..plan import make_plan
-    binary = find_tool("llama-server", server_bin)
-    info = load_model(model)
-    run_dir = new_run_dir()
-    if no_plan:
-        args = ["-m", model, *server_args]
-    else:
-        req = build_request(ctx, kv_type, parallel, floor, margin, server_args)
-        target = build_target((), (), False)
-        plan = make_plan(info, target, req, load_calibration(info, target, req.pinned))
-        write_json_atomic(run_dir / "plan.json", plan.to_json())
-        click.echo(plan_summary(plan), err=True)
-        if plan.verdict != "ship":
-            for r in plan.reasons:
-                click.echo(f"  - {r}", err=True)
-            if not force:
-                click.echo("gpcrun: refused (use --force to start anyway)", err=True)
-                sys.exit(Exit.REFUSED.code)
-            args = list(plan.argv) if plan.argv else ["-m", model, *server_args]
-        else:
-            args = list(plan.argv)
+    """Run MODEL under llama-server, supervised and watched; args after -- go to llama-server (user wins).
+
+    MODEL is a path, a split model's first shard, or a hub ref (hf://OWNER/REPO[@REV]/FILE.gguf,
+    OWNER/REPO[:QUANT]): planned from its header, downloaded only when the plan ships."""
     from ..hardware.host import read_host_memory
+    from ..launch.watchdog import MIB, Limits
+    from ..pipeline import RunConfig, run
+
     base = Limits.defaults(read_host_memory().effective_limit_bytes)
     kw = {"gpu_min_free_bytes": min_gpu_free * MIB, "temp_abort_c": max_temp,
           "power_abort_frac": None if max_power is None else max_power / 100}
@@ -90,13 +69,20 @@ def serve_cmd(model, no_plan, force, quiet, server_bin, ctx, kv_type, parallel, 
         kw["host_term_available_bytes"] = min_host_available * MIB
     if kill_host_available is not None:
         kw["host_kill_available_bytes"] = kill_host_available * MIB
-    limits = Limits(**{**base.to_json(), **kw})
-    argv = server_argv(str(binary), args)
-    opts = RunOptions(argv=argv, run_dir=run_dir, model_bytes=info.file_size_bytes, ready_timeout_s=ready_timeout,
-                      grace_s=grace, limits=limits, restart=restart, max_restarts=max_restarts, quiet=quiet)
-    run = ServerRun(opts)
-    run.install_signal_handlers()
-    result = run.run_until_stopped()
-    o = result.outcome
-    click.echo(f"gpcrun: {o.kind}: {o.reason} (run dir {run_dir})", err=True)
+
+    def on_plan(plan):
+        click.echo(plan_summary(plan), err=True)
+        if plan.verdict != "ship":
+            for r in plan.reasons:
+                click.echo(f"  - {r}", err=True)
+            if not force:
+                click.echo("gpcrun: refused (use --force to start anyway)", err=True)
+
+    res = run(RunConfig(model=model, server_args=server_args, ctx=ctx, kv_type=kv_type, parallel=parallel,
+                        floor_tok_s=floor, margin_mib=margin, plan=not no_plan, force=force, server_bin=server_bin,
+                        ready_timeout_s=ready_timeout, grace_s=grace, restart=restart, max_restarts=max_restarts,
+                        limits=Limits(**{**base.to_json(), **kw}), quiet=quiet, on_plan=on_plan))
+    o = res.outcome
+    if o.kind != "refused":
+        click.echo(f"gpcrun: {o.kind}: {o.reason} (run dir {res.run_dir})", err=True)
     sys.exit(o.exit_code)

@@ -15,9 +15,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
+from ..atomic import write_json_atomic
 from ..paths import gpcrun_home
+from ..server_args import ServerArgs, settings
 from .outcome import Outcome, classify
 from .supervisor import State, Supervisor
 from .watchdog import Action, Limits, Watchdog, make_sampler
@@ -31,15 +33,6 @@ def load_timeout_s(model_bytes: int | None) -> float:
     return LOAD_BASE_S + (model_bytes or 0) / LOAD_BYTES_PER_S
 
 
-def write_json_atomic(path: Path, doc) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def new_run_dir(root: Path | None = None) -> Path:
     root = root or gpcrun_home() / "runs"
     run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
@@ -48,33 +41,30 @@ def new_run_dir(root: Path | None = None) -> Path:
     return d
 
 
-def server_argv(server_bin: str, args: Sequence[str], host: str = "127.0.0.1", port: int | None = None) -> list[str]:
-    """llama-server argv: the given args, plus --host/--port unless the user set them (user wins)."""
+def server_argv(server_bin: str, args: Sequence[str], host: str = "127.0.0.1", port: int | None = None,
+                env: Mapping[str, str] | None = None) -> list[str]:
+    """llama-server argv: the given args, plus --host/--port only where neither a flag nor LLAMA_ARG_HOST/PORT set
+    them (the user wins; with neither, --port is llama-server's own default 8080, said explicitly)."""
+    sa = ServerArgs.parse(list(args), os.environ if env is None else env)
     argv = [str(server_bin), *args]
-    if not any(a == "--host" or a.startswith("--host=") for a in args):
+    if not sa.is_set("host"):
         argv += ["--host", host]
-    if not any(a == "--port" or a.startswith("--port=") for a in args):
+    if not sa.is_set("port"):
         argv += ["--port", str(port if port is not None else 8080)]
     return argv
 
 
-def url_of(argv: Sequence[str]) -> str:
-    host, port = "127.0.0.1", "8080"
-    for i, a in enumerate(argv):
-        for flag in ("--host", "--port"):
-            if a == flag and i + 1 < len(argv):
-                val = argv[i + 1]
-            elif a.startswith(flag + "="):
-                val = a.split("=", 1)[1]
-            else:
-                continue
-            if flag == "--host":
-                host = val
-            else:
-                port = val
-    if host in ("0.0.0.0", "::", ""):
+def url_of(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """Where a client reaches this llama-server: its first TCP listen address (a wildcard reads as loopback)."""
+    lst = settings.listen(ServerArgs.parse(list(argv[1:]), os.environ if env is None else env))
+    host = next((h for h in lst.hosts if not h.endswith(".sock")), "127.0.0.1")
+    if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
-    return f"http://{host}:{port}"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{lst.port}"
 
 
 def free_port() -> int:
@@ -213,8 +203,7 @@ class ServerRun:
             self._gpu_static = inv.devices
 
     def _api_key(self) -> str | None:
-        from ..bench import api_key_from
-        return api_key_from(self.opts.argv[1:])
+        return settings.api_key(ServerArgs.parse(self.opts.argv[1:], os.environ))
 
     def _host_memory(self):
         if self.opts.host_reader is not None:
@@ -327,7 +316,8 @@ def _read_tail(path: Path, n_bytes: int = 64 * 1024) -> str:
 
 def advice_for(action: Action, plan: dict | None) -> str:
     if action.rule.startswith("host"):
-        ctx = ((plan or {}).get("plan") or {}).get("placement", {}).get("ctx")
+        from ..receipt.docs import PlanDoc
+        ctx = PlanDoc.from_json(plan).placement.ctx
         smaller = f" try --ctx {max(512, ctx // 2)}" if ctx else " try a smaller --ctx"
         return ("host memory ran short while the server ran: the KV cache or the weights grew past what is free;"
                 + smaller + " or --kv-type q8_0, or free memory elsewhere")

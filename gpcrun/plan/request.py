@@ -1,12 +1,12 @@
 """The planner's inputs: the hardware (DeviceTarget, Target), what is asked (Request) and what the user pinned after
-`--` (Pinned, read by parse_server_args from the llama-server arguments)."""
+`--` or in LLAMA_ARG_* (Pinned, read by pinned_from from gpcrun.server_args, the one model of llama-server's
+arguments)."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from ..model import KV_CACHE_TYPES
+from ..server_args import ServerArgs, settings
 from .constants import DEFAULT_GPU_MARGIN_BYTES, DEFAULT_MIN_CTX
 
 
@@ -39,7 +39,8 @@ class Target:
 
 @dataclass(frozen=True)
 class Pinned:
-    """What the user fixed after `--`; None = free for the planner. `passthrough` is every user arg, verbatim."""
+    """What the user fixed (flags or LLAMA_ARG_*); None = free for the planner. `passthrough` is every user
+    command-line arg, verbatim (environment values stay in the environment)."""
 
     ngl: int | None = None
     n_cpu_moe: int | None = None
@@ -58,6 +59,7 @@ class Pinned:
     repack: bool | None = None
     swa_full: bool = False
     tensor_split: tuple[float, ...] | None = None
+    fit: str | None = None  # --fit / LLAMA_ARG_FIT as the user set it
     passthrough: tuple[str, ...] = ()
 
 
@@ -74,94 +76,35 @@ class Request:
     pinned: Pinned = field(default_factory=Pinned)
 
 
-class PlanArgError(ValueError):
-    """A pass-through llama-server argument the planner must understand but cannot parse."""
-
-
-def _int(flag: str, v: str) -> int:
-    try:
-        return int(v)
-    except ValueError:
-        raise PlanArgError(f"{flag} expects an integer, got {v!r}") from None
-
-
-def parse_server_args(argv: Sequence[str]) -> Pinned:
-    """Read the placement-relevant llama-server flags; everything is kept verbatim in `passthrough`."""
+def pinned_from(sa: ServerArgs) -> Pinned:
+    """What the user pinned, by flag or LLAMA_ARG_*, read from the one model of llama-server's arguments."""
     p: dict[str, Any] = {}
-    overrides: list[tuple[str, str]] = []
-    i = 0
-    args = list(argv)
+    p["ngl"] = settings.ngl(sa)
+    p["n_cpu_moe"] = sa.int_value("n-cpu-moe")
+    p["cpu_moe"] = bool(sa.flag("cpu-moe"))
+    p["overrides"] = settings.overrides(sa)
+    p["ctx"] = sa.int_value("ctx-size")
+    p["type_k"] = settings.cache_type(sa, "cache-type-k")
+    p["type_v"] = settings.cache_type(sa, "cache-type-v")
+    n = sa.int_value("parallel")
+    if n is not None and n < 0:  # llama-server's auto: 4 slots sharing one unified KV cache (server.cpp)
+        p["parallel"], p["kv_unified"] = 4, True
+    else:
+        p["parallel"] = n
+    if sa.flag("kv-unified") is not None:
+        p["kv_unified"] = sa.flag("kv-unified")
+    p["flash_attn"] = sa.value("flash-attn")
+    p["n_ubatch"] = sa.int_value("ubatch-size")
+    p["n_batch"] = sa.int_value("batch-size")
+    p["swa_full"] = bool(sa.flag("swa-full"))
+    p["tensor_split"] = settings.tensor_split(sa)
+    p["repack"] = sa.flag("repack")
+    p["load_mode"] = sa.value("load-mode")
+    p["no_kv_offload"] = sa.flag("kv-offload") is False
+    p["fit"] = sa.value("fit")
+    return Pinned(passthrough=tuple(sa.argv()), **p)
 
-    def val(flag: str) -> str:
-        nonlocal i
-        if "=" in flag and flag.startswith("--"):
-            return flag.split("=", 1)[1]
-        if i + 1 >= len(args):
-            raise PlanArgError(f"{flag} needs a value")
-        i += 1
-        return args[i]
 
-    while i < len(args):
-        a = args[i]
-        name = a.split("=", 1)[0] if a.startswith("--") else a
-        if name.startswith("--"):
-            name = name.replace("_", "-")  # llama.cpp treats '_' as '-' in long options
-        if name in ("-ngl", "--gpu-layers", "--n-gpu-layers"):
-            v = val(a)
-            p["ngl"] = 10 ** 6 if v in ("all", "-2") else (None if v in ("auto", "-1") else _int(name, v))
-        elif name in ("-ncmoe", "--n-cpu-moe"):
-            p["n_cpu_moe"] = _int(name, val(a))
-        elif name in ("-cmoe", "--cpu-moe"):
-            p["cpu_moe"] = True
-        elif name in ("-ot", "--override-tensor"):
-            for part in val(a).split(","):
-                if "=" not in part:
-                    raise PlanArgError(f"-ot expects pattern=BUFFER_TYPE, got {part!r}")
-                pat, buft = part.split("=", 1)  # llama.cpp splits at the first '=' 
-                try:
-                    re.compile(pat)
-                except re.error as e:
-                    raise PlanArgError(f"-ot pattern {pat!r} is not a valid regex: {e}") from None
-                overrides.append((pat, buft))
-        elif name in ("-c", "--ctx-size"):
-            p["ctx"] = _int(name, val(a))
-        elif name in ("-ctk", "--cache-type-k"):
-            p["type_k"] = val(a)
-        elif name in ("-ctv", "--cache-type-v"):
-            p["type_v"] = val(a)
-        elif name in ("-np", "--parallel"):
-            n = _int(name, val(a))
-            if n < 0:  # llama-server's auto: 4 slots sharing one unified KV cache (server.cpp)
-                p["parallel"], p["kv_unified"] = 4, p.get("kv_unified", True)
-            else:
-                p["parallel"] = n
-        elif name in ("-fa", "--flash-attn"):
-            p["flash_attn"] = val(a)
-        elif name in ("-ub", "--ubatch-size"):
-            p["n_ubatch"] = _int(name, val(a))
-        elif name in ("-b", "--batch-size"):
-            p["n_batch"] = _int(name, val(a))
-        elif name == "--swa-full":
-            p["swa_full"] = True
-        elif name in ("-ts", "--tensor-split"):
-            try:
-                p["tensor_split"] = tuple(float(x) for x in re.split(r"[,/]", val(a)) if x != "")
-            except ValueError:
-                raise PlanArgError(f"{name} expects proportions like 3,1") from None
-        elif name in ("-nr", "--no-repack"):
-            p["repack"] = False
-        elif name == "--repack":
-            p["repack"] = True
-        elif name in ("-lm", "--load-mode"):
-            p["load_mode"] = val(a)
-        elif name in ("-nkvo", "--no-kv-offload"):
-            p["no_kv_offload"] = True
-        elif name in ("-kvu", "--kv-unified"):
-            p["kv_unified"] = True
-        elif name in ("-no-kvu", "--no-kv-unified"):
-            p["kv_unified"] = False
-        i += 1
-    for k in ("type_k", "type_v"):
-        if p.get(k) is not None and p[k] not in KV_CACHE_TYPES:
-            raise PlanArgError(f"unknown KV cache type {p[k]!r} (one of {', '.join(KV_CACHE_TYPES)})")
-    return Pinned(overrides=tuple(overrides), passthrough=tuple(args), **p)
+def parse_server_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Pinned:
+    """Pinned from llama-server arguments (and an environment), with the shipped grammar."""
+    return pinned_from(ServerArgs.parse(list(argv), env or {}))

@@ -157,7 +157,7 @@ def build_argv(model_path: str, pl: Placement, pin: Pinned, n_gpus: int) -> tupl
         argv += ["-fa", pl.flash_attn]
     if pin.parallel is None:
         argv += ["-np", str(pl.parallel)]
-    if "--fit" not in pin.passthrough and "-fit" not in pin.passthrough:
+    if pin.fit is None:
         argv += ["--fit", "off"]  # the plan is the fit; llama.cpp's must not move things again
     argv += _without_auto_ngl(pin.passthrough)
     if pin.n_cpu_moe is None and not pin.cpu_moe and pl.n_cpu_moe:
@@ -168,18 +168,10 @@ def build_argv(model_path: str, pl: Placement, pin: Pinned, n_gpus: int) -> tupl
 
 def _without_auto_ngl(args: Sequence[str]) -> list[str]:
     """The user's args minus '-ngl auto|-1' (the plan chose -ngl; passed after it, llama.cpp would take all)."""
-    out, i = [], 0
-    while i < len(args):
-        a = args[i]
-        name = a.split("=", 1)[0].replace("_", "-") if a.startswith("--") else a
-        if name in ("-ngl", "--gpu-layers", "--n-gpu-layers"):
-            v = a.split("=", 1)[1] if "=" in a and a.startswith("--") else (args[i + 1] if i + 1 < len(args) else "")
-            if v in ("auto", "-1"):
-                i += 1 if "=" in a else 2
-                continue
-        out.append(a)
-        i += 1
-    return out
+    from ..server_args import ServerArgs
+    return [t for a in ServerArgs.parse(list(args)).items
+            if not (a.option is not None and a.option.key == "gpu-layers" and a.values[:1] in (("auto",), ("-1",)))
+            for t in a.tokens()]
 
 
 def make_plan(model: ModelInfo, target: Target, req: Request, calibration: Calibration | None = None) -> Plan:

@@ -1,0 +1,257 @@
+"""The one run pipeline behind `serve`, `bench` and `batch`:
+
+    resolve the model (path, split shards, hub ref: header only) -> plan -> (download a hub ref only if the plan
+    ships) -> supervised, watched llama-server -> optional benchmark -> outcome -> receipt
+
+`run(cfg)` returns a typed RunResult and never raises for a refused plan, a server that fails or a bench that
+fails: those are outcomes (gpcrun/exits.py). Bad input (no such model, bad arguments) raises a GpcrunError.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from .errors import UsageError
+from .exits import Exit
+from .launch.outcome import Outcome
+
+
+@dataclass
+class RunConfig:
+    model: str | None  # MODEL as given (path or hub ref); None: llama-server's own -m / LLAMA_ARG_MODEL
+    server_args: Sequence[str] = ()
+    env: Mapping[str, str] | None = None  # the environment llama-server will see (default: os.environ)
+    ctx: int | None = None
+    kv_type: str | None = None
+    parallel: int | None = None
+    floor_tok_s: float = 1.0
+    margin_mib: float | None = None
+    plan: bool = True  # False: --no-plan, the arguments go through untouched
+    force: bool = False  # start even when the plan refuses
+    server_bin: str | None = None
+    bench: object | None = None  # a bench.BenchConfig: measure once ready, then stop
+    timeout_s: float | None = None  # the whole run (load + bench), for batch jobs
+    ready_timeout_s: float | None = None
+    grace_s: float = 10.0
+    restart: str = "no"
+    max_restarts: int = 3
+    limits: object | None = None  # launch.watchdog.Limits (default: from the effective host limit)
+    quiet: bool = False  # do not echo llama-server's log
+    echo: Callable[[str], None] = field(default=lambda m: print(m, file=sys.stderr, flush=True))
+    on_plan: Callable[[object], None] | None = None  # shown the plan before anything starts
+    runs_root: Path | None = None
+    store: object | None = None  # receipt.ReceiptStore; None with write_receipt: the default store
+    write_receipt: bool = False
+    redact_paths: bool = False
+    auto_port: bool = False  # pick a free port unless the user set one (bench, batch)
+    handle_signals: bool = True  # SIGINT/SIGTERM stop the server cleanly (off for callers that own signals)
+
+
+@dataclass
+class RunResult:
+    outcome: Outcome
+    model: object | None = None  # planning.ResolvedModel
+    plan: object | None = None  # plan.Plan
+    argv: list[str] = field(default_factory=list)
+    run_dir: Path | None = None
+    measured: dict | None = None
+    envelope: dict | None = None
+    receipt: dict | None = None
+    receipt_path: Path | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return self.outcome.exit_code
+
+
+def _model_ref(cfg: RunConfig, sa) -> str:
+    if cfg.model:
+        return cfg.model
+    from .server_args import settings
+    src = settings.model_source(sa)
+    if src.kind == "path":
+        return src.value
+    raise UsageError("give a MODEL (a path or a hub ref), or llama-server's -m/--model"
+                     + (f" (-{src.kind} is handled by llama-server itself; run with --no-plan)" if src.kind != "none"
+                        else ""))
+
+
+def run(cfg: RunConfig) -> RunResult:
+    from .launch.binary import find_tool
+    from .launch.run import new_run_dir
+    from .planning import build_request, plan_model, resolve_model, server_args
+    env = os.environ if cfg.env is None else cfg.env
+    binary = find_tool("llama-server", cfg.server_bin)
+    sa = server_args(list(cfg.server_args), env, str(binary))
+    model = resolve_model(_model_ref(cfg, sa))
+    res = RunResult(Outcome.of(Exit.OK, None, "not started"), model)
+    profile = None
+    if cfg.write_receipt:
+        from .hardware.profile import get_profile
+        profile = get_profile().to_json()
+    res.run_dir = run_dir = new_run_dir(cfg.runs_root)
+    if cfg.plan:
+        slots = cfg.parallel
+        if cfg.bench is not None and getattr(cfg.bench, "concurrency", ()):
+            slots = max(slots or 1, *cfg.bench.concurrency)
+        req = build_request(cfg.ctx, cfg.kv_type, slots or 1, cfg.floor_tok_s, cfg.margin_mib, sa)
+        res.plan = plan = plan_model(model, req)
+        from .atomic import write_json_atomic
+        write_json_atomic(run_dir / "plan.json", plan.to_json())
+        if cfg.on_plan:
+            cfg.on_plan(plan)
+        if plan.verdict != "ship" and not cfg.force:
+            res.argv = list(plan.argv)
+            res.outcome = Outcome.of(Exit.REFUSED, "plan", "; ".join(plan.reasons))
+            return _finish(cfg, res, profile, env)
+        args = list(plan.argv) if plan.argv else ["-m", model.ref, *sa.argv()]
+    else:
+        args = ["-m", model.ref, *sa.argv()] if cfg.model else sa.argv()
+    if model.is_hub:  # the plan ships: only now fetch the weights into the HF cache
+        args[args.index("-m") + 1] = model.local_path()
+    if cfg.bench is not None and "--metrics" not in args:
+        args.append("--metrics")
+    _serve(cfg, res, str(binary), args)
+    return _finish(cfg, res, profile, env)
+
+
+def _serve(cfg: RunConfig, res: RunResult, binary: str, args: list[str]) -> None:
+    from .launch.run import RunOptions, ServerRun, free_port, server_argv, url_of
+    from .server_args import ServerArgs
+    has_port = ServerArgs.parse(args).is_set("port") or "LLAMA_ARG_PORT" in (cfg.env or os.environ)
+    current: dict = {}
+    t_start = time.monotonic()
+    try:
+        for port_try in (1, 2):
+            res.argv = argv = server_argv(binary, args, port=None if has_port or not cfg.auto_port else free_port())
+            run = ServerRun(RunOptions(argv=argv, run_dir=res.run_dir, model_bytes=res.model.info.file_size_bytes,
+                                       ready_timeout_s=cfg.ready_timeout_s or cfg.timeout_s, grace_s=cfg.grace_s,
+                                       limits=cfg.limits, restart=cfg.restart, max_restarts=cfg.max_restarts,
+                                       quiet=cfg.quiet, echo=cfg.echo))
+            if cfg.bench is None:  # serve: in this thread, until a signal, a death or the watchdog
+                if cfg.handle_signals:
+                    run.install_signal_handlers()
+                rr = run.run_until_stopped()
+                res.outcome, res.envelope = rr.outcome, rr.envelope
+                return
+            box: dict = {}
+            th = threading.Thread(target=lambda run=run, box=box: box.update(r=run.run_until_stopped()),
+                                  name="gpcrun-run", daemon=True)
+            current.update(run=run, th=th, clients=[])
+            if cfg.handle_signals:
+                _bench_signals(run, current["clients"])
+            th.start()
+            while not run.ready_event.wait(0.1):
+                if not th.is_alive():
+                    break
+            if run.ready_event.is_set() or has_port or not cfg.auto_port or port_try == 2:
+                break
+            th.join()
+            rr = box.get("r")
+            if not (rr and rr.outcome.cause == "port_in_use"):
+                break
+            # free_port() released the port before llama-server bound it and another process took it
+            cfg.echo(f"gpcrun: port {url_of(argv).rsplit(':', 1)[1]} was taken before llama-server bound it;"
+                     " retrying")
+        _bench_and_stop(cfg, res, run, th, box, current["clients"], t_start)
+    except KeyboardInterrupt:  # the caller's signal handling raised: stop and reap the server before going up
+        if current:
+            current["run"].request_stop("interrupted")
+            current["th"].join(30)
+        raise
+
+
+def _bench_signals(run, clients: list) -> None:
+    run.install_signal_handlers()
+    stop_on_signal = signal.getsignal(signal.SIGTERM)
+
+    def on_signal(signum, frame):
+        stop_on_signal(signum, frame)
+        for c in clients:  # llama-server would wait for our request in flight until its SIGKILL
+            c.abort()
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+def _bench_and_stop(cfg: RunConfig, res: RunResult, run, th, box: dict, clients: list, t_start: float) -> None:
+    from .bench import BenchClient, run_bench
+    from .server_args import ServerArgs, settings
+    bench_error = None
+    timer = None
+    if run.ready_event.is_set():
+        if cfg.timeout_s:  # the job's time limit covers the bench too: what the load left of it
+            left = max(0.0, cfg.timeout_s - (time.monotonic() - t_start))
+            timer = threading.Timer(left, lambda: run.request_stop("job timeout"))
+            timer.start()
+        try:
+            key = settings.api_key(ServerArgs.parse(res.argv[1:], cfg.env or os.environ))
+            client = BenchClient(run.url, timeout_s=cfg.timeout_s or 600.0, api_key=key)
+            clients.append(client)
+            try:
+                res.measured = run_bench(client, cfg.bench, cfg.echo, cancel=run._stop_requested.is_set).to_json()
+            finally:
+                client.s.close()  # an idle keep-alive connection would hold a stopping server up
+        except Exception as e:  # noqa: BLE001 - recorded in the outcome and the receipt
+            bench_error = str(e) if isinstance(e, (OSError, ValueError)) else f"{type(e).__name__}: {e}"
+    timed_out = timer is not None and not timer.is_alive() and run._stop_reason == "job timeout"
+    if timer:
+        timer.cancel()
+    stop = run._stop_reason if run._stop_requested.is_set() and not timed_out else ""  # a signal during the bench
+    if not run._stop_requested.is_set():
+        run.request_stop("bench finished")
+    th.join()
+    rr = box.get("r")
+    res.envelope = rr.envelope if rr else None
+    res.outcome = rr.outcome if rr else Outcome.of(Exit.CRASHED, "gpcrun", "the supervised run ended without a"
+                                                    " result")
+    if timed_out:
+        res.outcome = Outcome.of(Exit.TIMEOUT, "job_timeout", f"the job exceeded its {cfg.timeout_s:g} s limit")
+    elif res.outcome.kind == "clean_stop" and bench_error:
+        res.outcome = Outcome.of(Exit.BENCH_FAILED, "interrupted" if stop else "bench",
+                                 (f"interrupted ({stop}): " if stop else "") + bench_error)
+    if res.measured is not None and run.watchdog is not None:
+        res.measured["peak_rss_bytes"] = run.watchdog.envelope.peak_child_rss_bytes
+        res.measured["peak_vram_bytes"] = run.watchdog.envelope.peak_child_vram_bytes or None
+
+
+def _finish(cfg: RunConfig, res: RunResult, profile: dict | None, env: Mapping[str, str]) -> RunResult:
+    if not cfg.write_receipt:
+        return res
+    from .receipt import ReceiptStore, build_receipt, compare_with_forecast
+    plan_doc = res.plan.to_json() if res.plan is not None else None
+    if res.measured is not None:
+        res.measured.update(compare_with_forecast(plan_doc, res.measured["decode_tok_s"]["mean"], cfg.floor_tok_s))
+    build = ((res.measured or {}).get("server") or {}).get("build_info")
+    res.receipt = build_receipt(kind="bench", hardware=profile, model=res.model.receipt_doc() if res.model else None,
+                                plan=plan_doc, argv=res.argv, env=env, llama_cpp={"build_info": build},
+                                measured=res.measured, envelope=res.envelope, outcome=res.outcome.to_json(),
+                                run_dir=str(res.run_dir) if res.run_dir else None,
+                                redact_path_names=cfg.redact_paths)
+    store = cfg.store if cfg.store is not None else ReceiptStore()
+    res.receipt_path = store.save(res.receipt)
+    return res
+
+
+def attach(url: str, bench_cfg, *, api_key: str | None = None, floor_tok_s: float = 1.0, store=None,
+           redact_paths: bool = False, echo: Callable[[str], None] = lambda m: None) -> RunResult:
+    """`gpcrun bench --url`: measure a server somebody else runs; a receipt either way."""
+    from .bench import BenchClient, run_bench
+    from .hardware.profile import get_profile
+    res = RunResult(Outcome.of(Exit.OK, None, "attached to " + url))
+    try:
+        client = BenchClient(url, api_key=api_key)
+        try:
+            res.measured = run_bench(client, bench_cfg, echo).to_json()
+        finally:
+            client.s.close()
+    except Exception as e:  # noqa: BLE001 - the receipt records the failure
+        res.outcome = Outcome.of(Exit.BENCH_FAILED, "bench", str(e) if isinstance(e, (OSError, ValueError))
+                                 else f"{type(e).__name__}: {e}")
+    cfg = RunConfig(model=None, floor_tok_s=floor_tok_s, store=store, write_receipt=True, redact_paths=redact_paths)
+    return _finish(cfg, res, get_profile().to_json(), os.environ)

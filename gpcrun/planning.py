@@ -1,0 +1,110 @@
+"""Planning on this machine: model references resolved to headers, the request built from gpcrun's options and
+llama-server's own arguments (ServerArgs), the target from the measured profile or spec sheets, calibration from
+receipts. The pure planner (gpcrun/plan/) does the deciding; this module only gathers its inputs.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from .errors import UnknownGpuError, UsageError
+from .gpu_specs import GPU_SPECS, find_spec
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A MODEL reference read as far as planning needs: the header (ModelInfo), and for a hub ref what to fetch."""
+
+    ref: str  # as the user wrote it
+    info: object  # ModelInfo
+    hub: dict | None  # hub resolution (repo, commit, files, bytes read) when ref is a hub ref
+
+    @property
+    def is_hub(self) -> bool:
+        return self.hub is not None
+
+    @property
+    def file_name(self) -> str:
+        if self.hub:
+            return os.path.basename((self.hub.get("files") or [self.info.path])[0])
+        return os.path.basename(self.info.path)
+
+    def local_path(self) -> str:
+        """The file llama-server loads: a hub ref is downloaded now (only call this once the plan ships)."""
+        if self.hub is None:
+            return self.info.path
+        from .hub import download_model
+        return download_model(self.ref)
+
+    def receipt_doc(self) -> dict:
+        from .model import header_sha256
+        i = self.info
+        return {"file_name": self.file_name, "path": self.ref if self.hub else i.path,
+                "size_bytes": i.file_size_bytes, "header_sha256": header_sha256(i), "architecture": i.architecture,
+                "quant_mix_bytes": i.quant_mix(), "tensor_bytes": i.tensor_bytes, "hub": self.hub}
+
+
+def resolve_model(ref: str) -> ResolvedModel:
+    """A local path (all shards of a split model) or a hub ref (headers only, by range requests)."""
+    from .hub import is_hub_ref, load_ref_header
+    from .model import load_model
+    if is_hub_ref(ref):
+        info, hub = load_ref_header(ref)
+        return ResolvedModel(ref, info, hub)
+    return ResolvedModel(ref, load_model(ref), None)
+
+
+def server_args(argv: Sequence[str], env: Mapping[str, str] | None = None, binary: str | None = None):
+    """ServerArgs for llama-server's arguments and the LLAMA_* environment, with the grammar of `binary`."""
+    from .server_args import ServerArgs, grammar_for
+    return ServerArgs.parse(argv, os.environ if env is None else env, grammar_for(binary))
+
+
+def build_request(ctx, kv_type, parallel, floor, margin_mib, args, *, env: Mapping[str, str] | None = None):
+    """The planner's Request: gpcrun's options plus what the user pinned in llama-server's arguments/env.
+
+    `args` is a ServerArgs or a list of llama-server arguments (the environment is read only for a list)."""
+    from .plan import MIB, Request, pinned_from
+    from .server_args import ServerArgs
+    sa = args if isinstance(args, ServerArgs) else server_args(list(args), env if env is not None else {})
+    kw = {}
+    if margin_mib is not None:
+        kw["gpu_margin_bytes"] = int(margin_mib * MIB)
+    return Request(ctx=ctx, kv_type=kv_type, parallel=parallel, floor_tok_s=floor, pinned=pinned_from(sa), **kw)
+
+
+def load_calibration(info, target, pinned):
+    from .receipt import argv_threads, load_calibration as load
+    return load(info, target, argv_threads(pinned.passthrough))
+
+
+def build_target(vram: Sequence[int] = (), gpu: Sequence[str] = (), refresh: bool = False):
+    """This machine (the measured profile), or hypothetical GPUs (--gpu NAME spec sheets, --vram MiB free)."""
+    from .hardware.profile import get_profile
+    from .targets import target_from_profile
+    specs = []
+    for name in gpu:
+        spec = find_spec(name)
+        if spec is None:
+            raise UnknownGpuError(f"unknown GPU {name!r}; known: " + ", ".join(s.name for s in GPU_SPECS.values()))
+        specs.append(spec)
+    doc = get_profile(refresh=refresh).to_json()
+    return target_from_profile(doc, vram_mib=list(vram), specs=specs)
+
+
+def plan_model(model: ResolvedModel, request, target=None):
+    """The plan for a resolved model; a hub ref's argv names the ref's file as llama-server will load it."""
+    from dataclasses import replace
+
+    from .plan import make_plan
+    target = target if target is not None else build_target()
+    plan = make_plan(model.info, target, request, load_calibration(model.info, target, request.pinned))
+    if model.hub:
+        from .hub import hub_argv
+        plan = replace(plan, argv=hub_argv(plan.argv, model.info, model.hub))
+    return plan
+
+
+__all__ = ["ResolvedModel", "UsageError", "build_request", "build_target", "load_calibration", "plan_model",
+           "resolve_model", "server_args"]
