@@ -39,5 +39,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 # llama-server & co. from source, cached by key (cold: ~5-9 min on 2 cores; cached: <1 s).
-LLAMA_BIN_DIR="$(.venv/bin/python scripts/build_llama.py ${GPCRUN_BUILD_ARGS:-} | tail -n 1)"
-export LLAMA_BIN_DIR
+# GPCRUN_NO_BUILD=1 (./scripts/test --fast) skips it: the pure-logic tests need no llama.cpp.
+if [ "${GPCRUN_NO_BUILD:-0}" != 1 ]; then
+  LLAMA_BIN_DIR="$(.venv/bin/python scripts/build_llama.py ${GPCRUN_BUILD_ARGS:-} | tail -n 1)"
+  export LLAMA_BIN_DIR
+fi

@@ -50,3 +50,14 @@ def tiny_models(llama_bin_dir: Path) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     return Path(_run_script("scripts/fetch_demo_model.py").strip().splitlines()[-1])
+
+
+# Real-process tests: anything that needs the llama.cpp build, the generated models or SmolLM2 is `slow`, so that
+# `./scripts/test --fast` (-m "not slow") runs the pure-logic tests alone.
+_REAL_FIXTURES = {"llama_bin_dir", "llama_server_bin", "llama_source_dir", "tiny_models", "smollm2"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _REAL_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("server"):
+            item.add_marker(pytest.mark.slow)
