@@ -50,7 +50,7 @@ def test_table_knows_the_options_planning_reads():
             assert o.env == env, name
     assert g.lookup("--lora")[0].repeat == "append" and g.lookup("-ot")[0].repeat == "append"
     assert g.lookup("--host")[0].repeat == "last"  # its handler clears the list first
-    assert g.lookup("-np")[0].default is None or g.lookup("-np")[0].default == "-1"  # the server's -np, not cli's
+    assert g.lookup("-np")[0].default.startswith("-1")  # the server's -np (auto), not the other tools' 1
     assert g.lookup("--mlock") is None  # removed in this llama.cpp (-> --load-mode)
 
 
@@ -161,7 +161,7 @@ def test_grammar_from_the_real_binary_matches_the_table(llama_server_bin, tmp_pa
     for o in g.options:
         t, _ = table.lookup(o.names[0])
         assert (o.arity, o.env, o.default) == (t.arity, t.env, t.default), o.names
-    assert g.lookup("--cache-ram")[0].default == "8192" and g.lookup("--port")[0].default == "8080"
+    assert g.lookup("--cache-ram")[0].default.startswith("8192") and g.lookup("--port")[0].default == "8080"
     assert len(list(tmp_path.glob("server-args/*.json"))) == 1
 
 
