@@ -94,17 +94,20 @@ def build_target(vram: Sequence[int] = (), gpu: Sequence[str] = (), refresh: boo
 
 
 def plan_model(model: ResolvedModel, request, target=None):
-    """The plan for a resolved model; a hub ref's argv names the ref's file as llama-server will load it."""
-    from dataclasses import replace
-
+    """The plan for a resolved model (a hub ref's argv has `-m <header>` until the pipeline downloads it)."""
     from .plan import make_plan
     target = target if target is not None else build_target()
-    plan = make_plan(model.info, target, request, load_calibration(model.info, target, request.pinned))
-    if model.hub:
-        from .hub import hub_argv
-        plan = replace(plan, argv=hub_argv(plan.argv, model.info, model.hub))
-    return plan
+    return make_plan(model.info, target, request, load_calibration(model.info, target, request.pinned))
+
+
+def shown_plan(model: ResolvedModel, plan):
+    """The plan as people run it by hand: a hub ref's `-m <header>` becomes llama.cpp's --hf-repo/--hf-file."""
+    from dataclasses import replace
+    if model.hub is None:
+        return plan
+    from .hub import hub_argv
+    return replace(plan, argv=hub_argv(plan.argv, model.info, model.hub))
 
 
 __all__ = ["ResolvedModel", "UsageError", "build_request", "build_target", "load_calibration", "plan_model",
-           "resolve_model", "server_args"]
+           "resolve_model", "server_args", "shown_plan"]

@@ -32,10 +32,10 @@ def plan_cmd(model, ctx, kv_type, parallel, floor, margin, vram, gpu, refresh, a
     import os
 
     from ..hub import describe
-    from ..planning import build_request, build_target, plan_model, resolve_model
+    from ..planning import build_request, build_target, plan_model, resolve_model, shown_plan
     req = build_request(ctx, kv_type, parallel, floor, margin, server_args, env=os.environ)
     resolved = resolve_model(model)
-    plan = plan_model(resolved, req, build_target(vram, gpu, refresh))
+    plan = shown_plan(resolved, plan_model(resolved, req, build_target(vram, gpu, refresh)))
     hub = resolved.hub
     if as_json:
         emit_json(dict(plan.to_json(), **({"hub": hub} if hub else {})))

@@ -1,0 +1,71 @@
+"""`gpcrun serve` and `gpcrun bench` accept every model reference `plan` accepts: hub refs are planned from their
+headers and downloaded only when the plan ships (the one pipeline, gpcrun/pipeline.py), against the fake hub."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.test_hub import GPCRUN, LLAMA, MOE, env, files, gp, gpcrun_home, hub, one_error_line  # noqa: F401
+
+FAST = ["--", "-t", "1", "-tb", "1"]
+
+
+@pytest.fixture
+def run_env(env, llama_server_bin) -> dict:  # noqa: F811
+    return dict(env, GPCRUN_LLAMA_SERVER=str(llama_server_bin))
+
+
+def test_bench_on_a_hub_ref_downloads_once_the_plan_ships(hub, run_env, files):  # noqa: F811
+    p = gp(run_env, "bench", f"{LLAMA}:Q8_0", "-r", "1", "-p", "16", "-n", "4", "--ctx", "512", "--json", *FAST)
+    doc = json.loads(p.stdout)
+    assert doc["outcome"]["kind"] == "clean_stop" and doc["measured"]["decode_tok_s"]["mean"] > 0
+    assert doc["model"]["file_name"] == "tiny-llama-q8_0.gguf" and doc["model"]["hub"]["repo"] == LLAMA
+    assert doc["model"]["path"] == f"{LLAMA}:Q8_0"
+    assert hub.bytes_served(LLAMA, "tiny-llama-q8_0.gguf") >= files["tiny-llama-q8_0"].stat().st_size
+
+
+def test_refused_hub_ref_is_never_downloaded(hub, run_env, files):  # noqa: F811
+    hub.reset()
+    for cmd in ("serve", "bench"):
+        p = gp(run_env, cmd, f"{MOE}:Q8_0", "--ctx", "100000000", "-r", "1", *FAST, rc=10) if cmd == "bench" else \
+            gp(run_env, cmd, f"{MOE}:Q8_0", "--ctx", "100000000", *FAST, rc=10)
+        assert "refuse" in p.stderr
+    assert hub.bytes_served(MOE, "sub/tiny-qwen3moe-q8_0.gguf") < files["tiny-qwen3moe-q8_0"].stat().st_size
+
+
+def test_serve_a_hub_model_until_sigterm(hub, run_env, tmp_path):  # noqa: F811
+    from gpcrun.launch.run import free_port
+    proc = subprocess.Popen([*GPCRUN, "serve", f"{LLAMA}:Q4_K_M", "--ctx", "512", "--quiet", *FAST,
+                             "--port", str(free_port())], env=dict(run_env, GPCRUN_HOME=str(tmp_path)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "ready at" in line:
+                break
+        assert any("ready at" in ln for ln in lines), "".join(lines)
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=60)[1]
+        assert proc.returncode == 0, rest
+        assert "clean_stop" in rest
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_offline_with_nothing_cached_is_exit_9(run_env, tmp_path):
+    cold = dict(run_env, HF_HUB_OFFLINE="1", GPCRUN_CACHE=str(tmp_path / "cold"), HF_HOME=str(tmp_path / "hf"))
+    for cmd in ("serve", "bench", "plan", "inspect"):
+        line = one_error_line(gp(cold, cmd, f"{LLAMA}:Q4_K_M", rc=9))
+        assert "HF_HUB_OFFLINE=1" in line, (cmd, line)
