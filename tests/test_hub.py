@@ -1,4 +1,4 @@
-"""Hub refs (gpcrun/hub.py) end to end against a local fake hub (tests/hub_server.py) on 127.0.0.1.
+"""Hub refs (gpcrun/hub/) end to end against a local fake hub (tests/hub_server.py) on 127.0.0.1.
 
 Nothing here reaches the network: HF_ENDPOINT points at the fake, HF_HOME and GPCRUN_CACHE at tmp dirs. The CLI
 runs as a subprocess (huggingface_hub reads HF_ENDPOINT/HF_HOME/HF_HUB_OFFLINE once, at import).

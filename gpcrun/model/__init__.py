@@ -7,6 +7,9 @@ Reads only the header (metadata and tensor infos), never tensor data.
   facts.py    architecture facts from the metadata
   kvcache.py  KV-cache bytes per token, layer by layer
   shards.py   split-shard names, load_model, header_sha256
+  source.py   a random-access byte source (ranges fetched on demand and kept)
+  sparse.py   the sparse header walk over a byte source (hub range reads), with probe.py finding where a
+              skipped string array ends; these three are imported by their users, not here
 """
 from __future__ import annotations
 
