@@ -22,10 +22,13 @@ _TRUTHY = ("on", "enabled", "true", "1")
 
 
 class ServerArgsError(UsageError):
-    """A llama-server argument gpcrun must understand but cannot (a missing value, a non-integer count)."""
+    """A llama-server argument gpcrun must understand but cannot (a missing value, a non-integer count).
 
-    def __init__(self, message: str, flag: str | None = None) -> None:
-        super().__init__(message, flag=flag)
+    The message says where it came from: "after --: -c needs a value" or "LLAMA_ARG_CTX_SIZE=big: ..."."""
+
+    def __init__(self, message: str, flag: str | None = None, arg: "Arg | None" = None) -> None:
+        where = "after --" if arg is None or arg.source == "argv" else f"{arg.token}={arg.values[0]}"
+        super().__init__(f"{where}: {message}", flag=flag)
         self.flag = flag
 
 
@@ -129,14 +132,19 @@ class ServerArgs:
         occ = self._occurrences(key)
         return occ[-1].positive if occ else None
 
+    def last(self, key: str) -> Arg | None:
+        occ = self._occurrences(key)
+        return occ[-1] if occ else None
+
     def int_value(self, key: str) -> int | None:
-        v = self.value(key)
-        if v is None:
+        a = self.last(key)
+        if a is None or not a.values:
             return None
         try:
-            return int(v)
+            return int(a.values[0])
         except ValueError:
-            raise ServerArgsError(f"{self.where(key)}: {key} expects an integer, got {v!r}", key) from None
+            flag = a.token if a.source == "argv" else a.option.names[0]
+            raise ServerArgsError(f"{flag} expects an integer, got {a.values[0]!r}", key, a) from None
 
     # ------------------------------------------------------------------------------------------ changes
 

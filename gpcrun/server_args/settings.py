@@ -8,9 +8,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..model.kvcache import KV_CACHE_TYPES
 from .command import ServerArgs, ServerArgsError
 
-KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")  # common/arg.cpp
 SECRET_KEYS = ("api-key", "api-key-file", "ssl-key-file", "hf-token")
 
 
@@ -86,7 +86,8 @@ def int_or_none(sa: ServerArgs, key: str) -> int | None:
 
 def ngl(sa: ServerArgs) -> int | None:
     """-ngl N|auto|all: None for auto (or unset), 10**6 for all (llama.cpp: -2 = all, -1 = auto)."""
-    v = sa.value("gpu-layers")
+    a = sa.last("gpu-layers")
+    v = a.values[0] if a is not None else None
     if v is None or v in ("auto", "-1"):
         return None
     if v in ("all", "-2"):
@@ -94,29 +95,31 @@ def ngl(sa: ServerArgs) -> int | None:
     try:
         return int(v)
     except ValueError:
-        raise ServerArgsError(f"{sa.where('gpu-layers')}: expects an integer, 'auto' or 'all'", "-ngl") from None
+        flag = a.token if a.source == "argv" else a.option.names[0]
+        raise ServerArgsError(f"{flag} expects an integer, got {v!r} (or auto, all)", "-ngl", a) from None
 
 
 def overrides(sa: ServerArgs) -> tuple[tuple[str, str], ...]:
     """-ot pattern=BUFT,... in order (first match wins in llama.cpp)."""
     out = []
-    for v in sa.values("override-tensor"):
-        for part in v.split(","):
+    for a in sa._occurrences("override-tensor"):
+        for part in a.values[0].split(","):
             if "=" not in part:
-                raise ServerArgsError(f"-ot expects pattern=BUFFER_TYPE, got {part!r}", "-ot")
+                raise ServerArgsError(f"-ot expects pattern=BUFFER_TYPE, got {part!r}", "-ot", a)
             pat, buft = part.split("=", 1)  # llama.cpp splits at the first '='
             try:
                 re.compile(pat)
             except re.error as e:
-                raise ServerArgsError(f"-ot pattern {pat!r} is not a valid regex: {e}", "-ot") from None
+                raise ServerArgsError(f"-ot pattern {pat!r} is not a valid regex: {e}", "-ot", a) from None
             out.append((pat, buft))
     return tuple(out)
 
 
 def cache_type(sa: ServerArgs, key: str) -> str | None:
-    v = sa.value(key)
+    a = sa.last(key)
+    v = a.values[0] if a is not None else None
     if v is not None and v not in KV_CACHE_TYPES:
-        raise ServerArgsError(f"unknown KV cache type {v!r} (one of {', '.join(KV_CACHE_TYPES)})", key)
+        raise ServerArgsError(f"unknown KV cache type {v!r} (one of {', '.join(KV_CACHE_TYPES)})", key, a)
     return v
 
 
@@ -127,7 +130,8 @@ def tensor_split(sa: ServerArgs) -> tuple[float, ...] | None:
     try:
         return tuple(float(x) for x in re.split(r"[,/]", v) if x != "")
     except ValueError:
-        raise ServerArgsError(f"{sa.where('tensor-split')}: expects proportions like 3,1", "-ts") from None
+        raise ServerArgsError(f"{sa.last('tensor-split').token} expects proportions like 3,1", "-ts",
+                              sa.last("tensor-split")) from None
 
 
 def files(sa: ServerArgs) -> dict[str, list[str]]:
