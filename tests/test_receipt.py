@@ -56,7 +56,7 @@ def receipt_path(stderr: str) -> Path:
 def real_parts(home, tiny_models):
     """(profile, model section, plan) of a real tiny model on this machine."""
     import gpcrun.cli.main  # noqa: F401  (gpcrun.cli.plan_cmd cannot be imported first: circular import)
-    from gpcrun.cli.plan_cmd import build_request, build_target
+    from gpcrun.planning import build_request, build_target
     from gpcrun.hardware.profile import get_profile
     from gpcrun.model import header_sha256, load_model
     from gpcrun.plan import make_plan
@@ -486,7 +486,7 @@ def test_calibrate(name, rows, threads, eff, half, method):
 
 def test_calibration_feeds_the_plan(real_parts, tmp_path, tiny_models):
     """Receipts in a store calibrate make_plan: the forecast becomes ceiling x the measured efficiency."""
-    from gpcrun.cli.plan_cmd import build_request, build_target
+    from gpcrun.planning import build_request, build_target
     from gpcrun.model import load_model
     from gpcrun.plan import make_plan
 
