@@ -656,7 +656,7 @@ def test_report_of_a_batch_in_progress_shows_pending(tmp_path):
     assert list(csv.reader(io.StringIO(render_csv(rows))))[1][-1] == "running"
 
 
-# ------------------------------------------------------------------------------------------------ runner
+# ------------------------------------------------------------------------------------------------ pipeline
 
 def test_port_taken_before_llama_server_binds_it_is_retried(tmp_path, monkeypatch, tiny_models, llama_server_bin,
                                                             profile_cache):
@@ -664,9 +664,10 @@ def test_port_taken_before_llama_server_binds_it_is_retried(tmp_path, monkeypatc
     parallel) may take it in between. The job then gets a second port instead of a load_failed row."""
     import socket
 
+    from gpcrun.bench import BenchConfig
     from gpcrun.launch import run as run_mod
+    from gpcrun.pipeline import RunConfig, run
     from gpcrun.receipt import ReceiptStore
-    from gpcrun.runner import RunSpec, measured_run
 
     monkeypatch.setenv("GPCRUN_HOME", str(seed_home(tmp_path / "home", profile_cache)))
     monkeypatch.setenv("GPCRUN_LLAMA_SERVER", str(llama_server_bin))
@@ -677,9 +678,11 @@ def test_port_taken_before_llama_server_binds_it_is_retried(tmp_path, monkeypatc
         ports = [held.getsockname()[1]]
         monkeypatch.setattr(run_mod, "free_port", lambda: ports.pop(0) if ports else real_free_port())
         said: list[str] = []
-        doc, path = measured_run(RunSpec(model=str(tiny_models["tiny-llama-q8_0"]), ctx=256, server_args=FAST,
-                                         prompt_tokens=16, gen_tokens=8, repetitions=1, timeout_s=60),
-                                 ReceiptStore(tmp_path / "receipts"), runs_root=tmp_path / "runs", echo=said.append)
+        res = run(RunConfig(model=str(tiny_models["tiny-llama-q8_0"]), ctx=256, server_args=FAST,
+                            bench=BenchConfig(16, 8, 1), timeout_s=60, store=ReceiptStore(tmp_path / "receipts"),
+                            write_receipt=True, runs_root=tmp_path / "runs", echo=said.append, quiet=True,
+                            auto_port=True, handle_signals=False))
+        doc, path = res.receipt, res.receipt_path
     assert doc["outcome"]["kind"] == "clean_stop", doc["outcome"]
     assert any("was taken before llama-server bound it; retrying" in m for m in said), said
     log = next((tmp_path / "runs").iterdir()) / "server.log"
