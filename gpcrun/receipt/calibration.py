@@ -10,13 +10,13 @@ if TYPE_CHECKING:
 
 
 def argv_threads(argv: Sequence[str]) -> int | None:
-    for i, a in enumerate(argv):
-        if a in ("-t", "--threads") and i + 1 < len(argv):
-            try:
-                return int(argv[i + 1])
-            except ValueError:
-                return None
-    return None
+    """-t/--threads as llama-server reads it: the last one wins; '--threads=N' is no llama-server syntax (it rejects
+    it), so a run with it never loaded and its receipt calibrates nothing."""
+    from ..server_args import ServerArgs, ServerArgsError, settings
+    try:
+        return settings.threads(ServerArgs.parse(list(argv), strict=False))
+    except ServerArgsError:
+        return None
 
 
 def calibrate(rows: Iterable[dict], model_fp: str | None, hardware_fp: str | None, arch: str | None,

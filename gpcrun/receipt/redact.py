@@ -7,8 +7,10 @@ import re
 import socket
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..server_args import ServerArgs, settings
+
 REDACTED = "<redacted>"
-_SECRET_FLAGS = {"--api-key", "--api-key-file", "--ssl-key-file", "--hf-token", "-hft"}
+_SECRET_FLAGS = settings.secret_flags()  # --api-key, --api-key-file, --ssl-key-file, -hft/--hf-token
 _SECRET_ENV = re.compile(r"((^|_)(TOKEN|KEY|SECRET|KEY_FILE|CREDENTIALS)|PASSWORD|PASSWD)$", re.IGNORECASE)
 _HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{8,}")
 # Secret values shorter than this are only redacted where they are known to be (argv, env), not searched for in
@@ -20,35 +22,26 @@ _FLAG_IN_TEXT = re.compile(r"(?<![\w-])(" + "|".join(re.escape(f) for f in sorte
 
 
 def redact_argv(argv: Sequence[str]) -> list[str]:
+    """An argv with the values of secret options hidden (read by the one llama-server argument model), a secret
+    flag written '--api-key=k' (not llama-server syntax, but still a secret) hidden too, and hf_ tokens anywhere."""
     out: list[str] = []
-    hide_next = False
-    for a in argv:
-        if hide_next:
-            out.append(REDACTED)
-            hide_next = False
+    for a in ServerArgs.parse(list(argv), strict=False).items:
+        if a.option is not None and a.option.key in settings.SECRET_KEYS:
+            out += [a.token, *[REDACTED for _ in a.values]]
             continue
-        name = a.split("=", 1)[0]
-        if name in _SECRET_FLAGS:
-            if "=" in a:
-                out.append(f"{name}={REDACTED}")
-            else:
-                out.append(a)
-                hide_next = True
-            continue
-        out.append(_HF_TOKEN.sub(REDACTED, a))
+        for t in a.tokens():
+            name = t.split("=", 1)[0]
+            out.append(f"{name}={REDACTED}" if "=" in t and name in _SECRET_FLAGS else _HF_TOKEN.sub(REDACTED, t))
     return out
 
 
 def secret_values(argv: Sequence[str], env: Mapping[str, str]) -> set[str]:
-    """The literal secrets in an argv (values of secret flags) and an environment (*_TOKEN, *_KEY... values)."""
-    out: set[str] = set()
-    args = list(argv)
-    for i, a in enumerate(args):
-        name, eq, val = a.partition("=")
-        if name in _SECRET_FLAGS:
-            v = val if eq else (args[i + 1] if i + 1 < len(args) else "")
-            if v:
-                out.add(v)
+    """The literal secrets in an argv (values of secret options) and an environment (*_TOKEN, *_KEY... values)."""
+    sa = ServerArgs.parse(list(argv), strict=False)
+    out = {v for a in sa.items if a.option is not None and a.option.key in settings.SECRET_KEYS for v in a.values
+           if v}
+    out.update(t.split("=", 1)[1] for t in sa.unknown() if "=" in t and t.split("=", 1)[0] in _SECRET_FLAGS
+               and t.split("=", 1)[1])
     out.update(v for k, v in env.items() if v and _SECRET_ENV.search(k))
     return out
 

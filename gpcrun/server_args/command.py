@@ -55,7 +55,9 @@ class ServerArgs:
 
     @classmethod
     def parse(cls, argv: Sequence[str], env: Mapping[str, str] | None = None,
-              grammar: Grammar | None = None) -> "ServerArgs":
+              grammar: Grammar | None = None, strict: bool = True) -> "ServerArgs":
+        """strict=False: a flag missing its value at the end is kept (with no value) instead of an error; for
+        reading recorded command lines (receipts) rather than checking new ones."""
         from .grammar import table_grammar
         g = grammar or table_grammar()
         items: list[Arg] = []
@@ -81,6 +83,9 @@ class ServerArgs:
                 i += 1
                 continue
             o, positive = hit
+            if o.arity and i + o.arity >= len(args) and not strict:
+                items.append(Arg(tok, tuple(args[i + 1:]), o, positive, "argv"))
+                break
             if o.arity and i + o.arity >= len(args):
                 raise ServerArgsError(f"{tok} needs {'a value' if o.arity == 1 else f'{o.arity} values'}", tok)
             items.append(Arg(tok, tuple(args[i + 1:i + 1 + o.arity]), o, positive, "argv"))

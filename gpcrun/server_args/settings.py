@@ -80,6 +80,13 @@ def threads(sa: ServerArgs) -> int | None:
     return sa.int_value("threads")
 
 
+def secret_flags(grammar=None) -> frozenset[str]:
+    """Every spelling of the options whose values are secrets (--api-key, -hft ...), from the grammar."""
+    from .grammar import table_grammar
+    g = grammar or table_grammar()
+    return frozenset(n for o in g.options if o.key in SECRET_KEYS for n in (*o.names, *o.neg_names))
+
+
 def int_or_none(sa: ServerArgs, key: str) -> int | None:
     return sa.int_value(key)
 
