@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from gguf import GGMLQuantizationType as Q, GGUFValueType as V
 
@@ -132,12 +133,14 @@ def test_bases_are_valid():
         assert M.load_model(p).shards[0].reconciled
 
 
+@pytest.mark.slow  # thousands of examples: the full suite runs them, the fast loop does not
 @settings(max_examples=5000 * SCALE, **SETTINGS)
 @given(mutated())
 def test_fuzz_mutations(data):
     check_file(data)
 
 
+@pytest.mark.slow  # thousands of examples: the full suite runs them, the fast loop does not
 @settings(max_examples=1500 * SCALE, **SETTINGS)
 @given(base=st.integers(0, len(BASES) - 1), at=st.integers(24, 1 << 16), value=st.sampled_from(HUGE),
        size=st.sampled_from([4, 8]))
@@ -177,6 +180,7 @@ def _make_strings(rng: random.Random, n: int, style: str, n_long: int) -> list[b
     return out
 
 
+@pytest.mark.slow  # thousands of examples: the full suite runs them, the fast loop does not
 @settings(max_examples=1500 * SCALE, **SETTINGS)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(512, 6000),
        style=st.sampled_from(["zeros", "lengths", "empty", "mixed", "longish", "grow", "shrink"]),
