@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..exits import Exit
 from ..errors import GpcrunError
 from .jobs import Job
 from .report import summary_row, write_reports
@@ -42,11 +43,11 @@ class BatchRunner:
                         st.mark_interrupted(job.id)
                         self.echo(f"gpcrun batch: interrupted; job {job.index} ({job.label}) runs again on resume")
                         raise
-                    except GpcrunError as e:
-                        res = {"ok": False, "receipt": None, "outcome": "error", "exit_code": 1,
+                    except GpcrunError as e:  # bad input for this job (no such file, hub ref ...): its own code
+                        res = {"ok": False, "receipt": None, "outcome": "error", "exit_code": e.exit.code,
                                "summary": {"error": str(e)}}
                     except Exception as e:  # noqa: BLE001 - one job's bug must not end the batch
-                        res = {"ok": False, "receipt": None, "outcome": "error", "exit_code": 1,
+                        res = {"ok": False, "receipt": None, "outcome": "error", "exit_code": Exit.INTERNAL.code,
                                "summary": {"error": f"internal error: {type(e).__name__}: {e}"}}
                     if res["outcome"] == "error":
                         self.echo(f"gpcrun batch:   error: {res['summary'].get('error')}")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..exits import Exit
 from ..errors import BatchLocked
 from .jobs import Job
 
@@ -78,7 +79,7 @@ class BatchState:
                 notes.append(f"job {r['idx']} ({r['label']}) was running when gpcrun died: retrying once")
             else:
                 self._tx("UPDATE jobs SET state='failed', outcome='interrupted', exit_code=?, finished_at=? "
-                         "WHERE id=?", (1, time.time(), r["id"]))
+                         "WHERE id=?", (Exit.INTERRUPTED.code, time.time(), r["id"]))
                 notes.append(f"job {r['idx']} ({r['label']}) was interrupted twice: marked failed")
         return notes
 

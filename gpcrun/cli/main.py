@@ -7,6 +7,7 @@ import sys
 import click
 
 from .. import __version__
+from ..exits import Exit
 from .errors import report
 
 
@@ -23,9 +24,9 @@ class _Group(click.Group):
             sys.exit(e.exit_code)
         except click.exceptions.Abort:
             print("gpcrun: aborted", file=sys.stderr)
-            sys.exit(130)
+            sys.exit(Exit.INTERRUPTED.code)
         except KeyboardInterrupt:
-            sys.exit(130)
+            sys.exit(Exit.INTERRUPTED.code)
         except Exception as e:  # noqa: BLE001 - mapped to a documented exit code
             sys.exit(report(e))
 
