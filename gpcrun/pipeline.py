@@ -88,7 +88,11 @@ def run(cfg: RunConfig) -> RunResult:
     from .planning import build_request, plan_model, resolve_model, server_args
     env = os.environ if cfg.env is None else cfg.env
     binary = find_tool("llama-server", cfg.server_bin)
-    sa = server_args(list(cfg.server_args), env, str(binary))
+    if cfg.plan:
+        sa = server_args(list(cfg.server_args), env, str(binary))
+    else:  # --no-plan: the arguments go through untouched; read only to find -m when MODEL is not given
+        from .server_args import ServerArgs
+        sa = ServerArgs.parse(list(cfg.server_args), env, strict=False)
     model = resolve_model(_model_ref(cfg, sa))
     res = RunResult(Outcome.of(Exit.OK, None, "not started"), model)
     profile = None
@@ -112,7 +116,7 @@ def run(cfg: RunConfig) -> RunResult:
             return _finish(cfg, res, profile, env)
         args = list(plan.argv) if plan.argv else ["-m", model.ref, *sa.argv()]
     else:
-        args = ["-m", model.ref, *sa.argv()] if cfg.model else sa.argv()
+        args = ["-m", model.ref, *cfg.server_args] if cfg.model else list(cfg.server_args)
     if model.is_hub:  # the plan ships: only now fetch the weights into the HF cache
         args[args.index("-m") + 1] = model.local_path()
     if cfg.bench is not None and "--metrics" not in args:
@@ -124,7 +128,7 @@ def run(cfg: RunConfig) -> RunResult:
 def _serve(cfg: RunConfig, res: RunResult, binary: str, args: list[str]) -> None:
     from .launch.run import RunOptions, ServerRun, free_port, server_argv, url_of
     from .server_args import ServerArgs
-    has_port = ServerArgs.parse(args).is_set("port") or "LLAMA_ARG_PORT" in (cfg.env or os.environ)
+    has_port = ServerArgs.parse(args, cfg.env or os.environ, strict=False).is_set("port")
     current: dict = {}
     t_start = time.monotonic()
     try:
@@ -190,7 +194,7 @@ def _bench_and_stop(cfg: RunConfig, res: RunResult, run, th, box: dict, clients:
             timer = threading.Timer(left, lambda: run.request_stop("job timeout"))
             timer.start()
         try:
-            key = settings.api_key(ServerArgs.parse(res.argv[1:], cfg.env or os.environ))
+            key = settings.api_key(ServerArgs.parse(res.argv[1:], cfg.env or os.environ, strict=False))
             client = BenchClient(run.url, timeout_s=cfg.timeout_s or 600.0, api_key=key)
             clients.append(client)
             try:

@@ -45,7 +45,7 @@ def server_argv(server_bin: str, args: Sequence[str], host: str = "127.0.0.1", p
                 env: Mapping[str, str] | None = None) -> list[str]:
     """llama-server argv: the given args, plus --host/--port only where neither a flag nor LLAMA_ARG_HOST/PORT set
     them (the user wins; with neither, --port is llama-server's own default 8080, said explicitly)."""
-    sa = ServerArgs.parse(list(args), os.environ if env is None else env)
+    sa = ServerArgs.parse(list(args), os.environ if env is None else env, strict=False)
     argv = [str(server_bin), *args]
     if not sa.is_set("host"):
         argv += ["--host", host]
@@ -56,7 +56,7 @@ def server_argv(server_bin: str, args: Sequence[str], host: str = "127.0.0.1", p
 
 def url_of(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
     """Where a client reaches this llama-server: its first TCP listen address (a wildcard reads as loopback)."""
-    lst = settings.listen(ServerArgs.parse(list(argv[1:]), os.environ if env is None else env))
+    lst = settings.listen(ServerArgs.parse(list(argv[1:]), os.environ if env is None else env, strict=False))
     host = next((h for h in lst.hosts if not h.endswith(".sock")), "127.0.0.1")
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
@@ -203,7 +203,7 @@ class ServerRun:
             self._gpu_static = inv.devices
 
     def _api_key(self) -> str | None:
-        return settings.api_key(ServerArgs.parse(self.opts.argv[1:], os.environ))
+        return settings.api_key(ServerArgs.parse(self.opts.argv[1:], os.environ, strict=False))
 
     def _host_memory(self):
         if self.opts.host_reader is not None:

@@ -20,7 +20,7 @@ from ..paths import cache_dir
 from .help import parse_help
 
 TABLE_PATH = Path(__file__).with_name("table.json")
-HELP_TIMEOUT_S = 20.0
+HELP_TIMEOUT_S = 5.0  # llama-server prints --help in ~30 ms; something slower is not a llama-server
 
 
 @dataclass(frozen=True)
