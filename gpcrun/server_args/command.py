@@ -45,6 +45,11 @@ class Arg:
     def tokens(self) -> list[str]:
         return [self.token, *self.values]
 
+    @property
+    def spelled(self) -> str:
+        """The flag as the user wrote it, or the option's first name for an environment item."""
+        return self.token if self.source == "argv" or self.option is None else self.option.names[0]
+
 
 @dataclass(frozen=True)
 class ServerArgs:
@@ -148,8 +153,7 @@ class ServerArgs:
         try:
             return int(a.values[0])
         except ValueError:
-            flag = a.token if a.source == "argv" else a.option.names[0]
-            raise ServerArgsError(f"{flag} expects an integer, got {a.values[0]!r}", key, a) from None
+            raise ServerArgsError(f"{a.spelled} expects an integer, got {a.values[0]!r}", key, a) from None
 
     # ------------------------------------------------------------------------------------------ changes
 

@@ -102,8 +102,7 @@ def ngl(sa: ServerArgs) -> int | None:
     try:
         return int(v)
     except ValueError:
-        flag = a.token if a.source == "argv" else a.option.names[0]
-        raise ServerArgsError(f"{flag} expects an integer, got {v!r} (or auto, all)", "-ngl", a) from None
+        raise ServerArgsError(f"{a.spelled} expects an integer, got {v!r} (or auto, all)", "-ngl", a) from None
 
 
 def overrides(sa: ServerArgs) -> tuple[tuple[str, str], ...]:
@@ -137,7 +136,7 @@ def tensor_split(sa: ServerArgs) -> tuple[float, ...] | None:
     try:
         return tuple(float(x) for x in re.split(r"[,/]", v) if x != "")
     except ValueError:
-        raise ServerArgsError(f"{sa.last('tensor-split').token} expects proportions like 3,1", "-ts",
+        raise ServerArgsError(f"{sa.last('tensor-split').spelled} expects proportions like 3,1", "-ts",
                               sa.last("tensor-split")) from None
 
 
