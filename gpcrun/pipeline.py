@@ -44,7 +44,7 @@ class RunConfig:
     limits: object | None = None  # launch.watchdog.Limits (default: from the effective host limit)
     quiet: bool = False  # do not echo llama-server's log
     echo: Callable[[str], None] = field(default=lambda m: print(m, file=sys.stderr, flush=True))
-    on_plan: Callable[[object], None] | None = None  # shown the plan before anything starts
+    on_plan: Callable[[object, list], None] | None = None  # shown the plan and its changes before anything starts
     runs_root: Path | None = None
     store: object | None = None  # receipt.ReceiptStore; None with write_receipt: the default store
     write_receipt: bool = False
@@ -58,6 +58,7 @@ class RunResult:
     outcome: Outcome
     model: object | None = None  # planning.ResolvedModel
     plan: object | None = None  # plan.Plan
+    plan_doc: dict | None = None  # plan.json: the plan and its changes to the command line, with reasons
     argv: list[str] = field(default_factory=list)
     run_dir: Path | None = None
     measured: dict | None = None
@@ -70,22 +71,34 @@ class RunResult:
         return self.outcome.exit_code
 
 
-def _model_ref(cfg: RunConfig, sa) -> str:
-    if cfg.model:
-        return cfg.model
+def _model_ref(cfg: RunConfig, sa) -> tuple[str | None, bool]:
+    """(the reference gpcrun plans from, whether llama-server's own arguments name the model)."""
     from .server_args import settings
     src = settings.model_source(sa)
+    if cfg.model:
+        if src.kind in ("path", "hf", "url"):
+            raise UsageError(f"MODEL {cfg.model} and llama-server's own {src.value} both name the model: give one")
+        return cfg.model, False
     if src.kind == "path":
-        return src.value
-    raise UsageError("give a MODEL (a path or a hub ref), or llama-server's -m/--model"
-                     + (f" (-{src.kind} is handled by llama-server itself; run with --no-plan)" if src.kind != "none"
-                        else ""))
+        return src.value, True
+    if src.kind == "hf":  # llama.cpp's -hf syntax is gpcrun's OWNER/REPO[:QUANT]; -hff names the file
+        repo = src.value.split(":", 1)[0]
+        return (f"hf://{repo}/{src.hf_file}" if src.hf_file else src.value), True
+    if not cfg.plan:
+        return None, True  # --no-plan: llama-server gets exactly what it was given
+    if src.kind == "url":
+        raise UsageError("-mu/--model-url: gpcrun cannot read that model's header before llama-server downloads it;"
+                         " run it unplanned with gpcrun serve --no-plan -- ...")
+    if src.kind == "router":
+        raise UsageError("router mode (--models-dir/--models-preset) is not planned by gpcrun yet; run it"
+                         " supervised but unplanned with gpcrun serve --no-plan -- ...")
+    raise UsageError("no model: give MODEL, or llama-server's -m/--model, -hf/--hf-repo or LLAMA_ARG_MODEL")
 
 
 def run(cfg: RunConfig) -> RunResult:
     from .launch.binary import find_tool
     from .launch.run import new_run_dir
-    from .planning import build_request, plan_model, resolve_model, server_args
+    from .planning import build_request, plan_document, plan_model, resolve_model, server_args
     env = os.environ if cfg.env is None else cfg.env
     binary = find_tool("llama-server", cfg.server_bin)
     if cfg.plan:
@@ -93,7 +106,8 @@ def run(cfg: RunConfig) -> RunResult:
     else:  # --no-plan: the arguments go through untouched; read only to find -m when MODEL is not given
         from .server_args import ServerArgs
         sa = ServerArgs.parse(list(cfg.server_args), env, strict=False)
-    model = resolve_model(_model_ref(cfg, sa))
+    ref, user_model = _model_ref(cfg, sa)
+    model = resolve_model(ref) if ref is not None else None
     res = RunResult(Outcome.of(Exit.OK, None, "not started"), model)
     profile = None
     if cfg.write_receipt:
@@ -104,20 +118,21 @@ def run(cfg: RunConfig) -> RunResult:
         slots = cfg.parallel
         if cfg.bench is not None and getattr(cfg.bench, "concurrency", ()):
             slots = max(slots or 1, *cfg.bench.concurrency)
-        req = build_request(cfg.ctx, cfg.kv_type, slots or 1, cfg.floor_tok_s, cfg.margin_mib, sa)
+        req = build_request(cfg.ctx, cfg.kv_type, slots, cfg.floor_tok_s, cfg.margin_mib, sa)
         res.plan = plan = plan_model(model, req)
+        res.plan_doc = plan_document(plan, sa, model, {"ctx": cfg.ctx, "kv_type": cfg.kv_type, "parallel": slots})
         from .atomic import write_json_atomic
-        write_json_atomic(run_dir / "plan.json", plan.to_json())
+        write_json_atomic(run_dir / "plan.json", res.plan_doc)
         if cfg.on_plan:
-            cfg.on_plan(plan)
+            cfg.on_plan(plan, res.plan_doc["changes"])
         if plan.verdict != "ship" and not cfg.force:
             res.argv = list(plan.argv)
             res.outcome = Outcome.of(Exit.REFUSED, "plan", "; ".join(plan.reasons))
             return _finish(cfg, res, profile, env)
-        args = list(plan.argv) if plan.argv else ["-m", model.ref, *sa.argv()]
+        args = list(plan.argv) if plan.argv else [*([] if user_model else ["-m", model.ref]), *sa.argv()]
     else:
         args = ["-m", model.ref, *cfg.server_args] if cfg.model else list(cfg.server_args)
-    if model.is_hub:  # the plan ships: only now fetch the weights into the HF cache
+    if model is not None and model.is_hub and not user_model:  # the plan ships: only now fetch the weights
         args[args.index("-m") + 1] = model.local_path()
     if cfg.bench is not None and "--metrics" not in args:
         args.append("--metrics")
@@ -134,7 +149,8 @@ def _serve(cfg: RunConfig, res: RunResult, binary: str, args: list[str]) -> None
     try:
         for port_try in (1, 2):
             res.argv = argv = server_argv(binary, args, port=None if has_port or not cfg.auto_port else free_port())
-            run = ServerRun(RunOptions(argv=argv, run_dir=res.run_dir, model_bytes=res.model.info.file_size_bytes,
+            size = res.model.info.file_size_bytes if res.model is not None else None
+            run = ServerRun(RunOptions(argv=argv, run_dir=res.run_dir, model_bytes=size,
                                        ready_timeout_s=cfg.ready_timeout_s or cfg.timeout_s, grace_s=cfg.grace_s,
                                        limits=cfg.limits, restart=cfg.restart, max_restarts=cfg.max_restarts,
                                        quiet=cfg.quiet, echo=cfg.echo))
@@ -228,7 +244,7 @@ def _finish(cfg: RunConfig, res: RunResult, profile: dict | None, env: Mapping[s
     if not cfg.write_receipt:
         return res
     from .receipt import ReceiptStore, build_receipt, compare_with_forecast
-    plan_doc = res.plan.to_json() if res.plan is not None else None
+    plan_doc = res.plan_doc
     if res.measured is not None:
         res.measured.update(compare_with_forecast(plan_doc, res.measured["decode_tok_s"]["mean"], cfg.floor_tok_s))
     build = ((res.measured or {}).get("server") or {}).get("build_info")

@@ -64,14 +64,31 @@ def server_args(argv: Sequence[str], env: Mapping[str, str] | None = None, binar
 def build_request(ctx, kv_type, parallel, floor, margin_mib, args, *, env: Mapping[str, str] | None = None):
     """The planner's Request: gpcrun's options plus what the user pinned in llama-server's arguments/env.
 
-    `args` is a ServerArgs or a list of llama-server arguments (the environment is read only for a list)."""
+    `args` is a ServerArgs or a list of llama-server arguments (the environment is read only for a list).
+    parallel=None plans for llama-server's own default (-np auto: 4 slots sharing one unified KV cache,
+    tools/server/server.cpp) and writes no -np. A gpcrun option that contradicts a value the user gave
+    llama-server is a usage error: gpcrun never picks one silently."""
+    from dataclasses import replace
+
     from .plan import MIB, Request, pinned_from
     from .server_args import ServerArgs
     sa = args if isinstance(args, ServerArgs) else server_args(list(args), env if env is not None else {})
+    pin = pinned_from(sa)
+    if ctx is not None and pin.ctx is not None and ctx != pin.ctx:
+        raise UsageError(f"--ctx {ctx} contradicts {sa.where('ctx-size')} given to llama-server (gpcrun never"
+                         " overrides it): drop one")
+    if kv_type is not None and any(t is not None and t != kv_type for t in (pin.type_k, pin.type_v)):
+        where = " and ".join(w for w in (sa.where("cache-type-k"), sa.where("cache-type-v")) if w)
+        raise UsageError(f"--kv-type {kv_type} contradicts {where} given to llama-server (gpcrun never overrides"
+                         " it): drop one")
+    if parallel is None:
+        if pin.parallel is None:  # llama-server's -np auto (server.cpp: n_parallel = 4, kv_unified = true)
+            pin = replace(pin, parallel=4, kv_unified=True)
+        parallel = pin.parallel
     kw = {}
     if margin_mib is not None:
         kw["gpu_margin_bytes"] = int(margin_mib * MIB)
-    return Request(ctx=ctx, kv_type=kv_type, parallel=parallel, floor_tok_s=floor, pinned=pinned_from(sa), **kw)
+    return Request(ctx=ctx, kv_type=kv_type, parallel=parallel, floor_tok_s=floor, pinned=pin, **kw)
 
 
 def load_calibration(info, target, pinned):
@@ -100,6 +117,14 @@ def plan_model(model: ResolvedModel, request, target=None):
     return make_plan(model.info, target, request, load_calibration(model.info, target, request.pinned))
 
 
+def plan_document(plan, sa, model: ResolvedModel, requested: dict | None = None) -> dict:
+    """plan.json / receipts: the plan and every change it makes to the user's command line, with its reason."""
+    from .plan import describe_changes
+    doc = plan.to_json()
+    doc["changes"] = describe_changes(plan, sa, model.info.facts.get("context_length"), requested)
+    return doc
+
+
 def shown_plan(model: ResolvedModel, plan):
     """The plan as people run it by hand: a hub ref's `-m <header>` becomes llama.cpp's --hf-repo/--hf-file."""
     from dataclasses import replace
@@ -110,4 +135,4 @@ def shown_plan(model: ResolvedModel, plan):
 
 
 __all__ = ["ResolvedModel", "UsageError", "build_request", "build_target", "load_calibration", "plan_model",
-           "resolve_model", "server_args", "shown_plan"]
+           "plan_document", "resolve_model", "server_args", "shown_plan"]

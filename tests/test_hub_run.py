@@ -3,6 +3,7 @@ headers and downloaded only when the plan ships (the one pipeline, gpcrun/pipeli
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 import signal
 import subprocess
@@ -69,3 +70,14 @@ def test_offline_with_nothing_cached_is_exit_9(run_env, tmp_path):
     for cmd in ("serve", "bench", "plan", "inspect"):
         line = one_error_line(gp(cold, cmd, f"{LLAMA}:Q4_K_M", rc=9))
         assert "HF_HUB_OFFLINE=1" in line, (cmd, line)
+
+
+def test_serve_with_llama_servers_own_hf_flag_plans_from_the_header(hub, run_env, files):  # noqa: F811
+    """`gpcrun serve -hf OWNER/REPO:QUANT ...`: planned from ranged header reads; -hf stays llama-server's (no -m
+    added, nothing downloaded by gpcrun). Refused here (a context no host has), so nothing starts."""
+    hub.reset()
+    p = gp(run_env, "serve", "-hf", f"{MOE}:Q8_0", "-c", "100000000", *FAST[1:], rc=10)
+    assert "refuse" in p.stderr
+    assert hub.bytes_served(MOE, "sub/tiny-qwen3moe-q8_0.gguf") < files["tiny-qwen3moe-q8_0"].stat().st_size
+    plan = json.loads(sorted((Path(run_env["GPCRUN_HOME"]) / "runs").glob("*/plan.json"))[-1].read_text())
+    assert "-m" not in plan["argv"] and plan["argv"][plan["argv"].index("-hf") + 1] == f"{MOE}:Q8_0"

@@ -61,8 +61,10 @@ def bench_cmd(model, url, prompt_tokens, gen_tokens, repetitions, concurrency, n
         res = attach(url, cfg, api_key=settings.api_key(parse_args(server_args)), floor_tok_s=floor,
                      redact_paths=redact_paths, echo=say)
     else:
-        def on_plan(plan):
+        def on_plan(plan, changes):
             say(plan_summary(plan))
+            for c in changes:
+                say(f"  + {c['flag']} {c['value']}: {c['reason']}")
             if plan.verdict != "ship" and not force:
                 for r in plan.reasons:
                     click.echo(f"  - {r}", err=True)

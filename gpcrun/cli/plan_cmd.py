@@ -32,20 +32,25 @@ def plan_cmd(model, ctx, kv_type, parallel, floor, margin, vram, gpu, refresh, a
     import os
 
     from ..hub import describe
-    from ..planning import build_request, build_target, plan_model, resolve_model, shown_plan
-    req = build_request(ctx, kv_type, parallel, floor, margin, server_args, env=os.environ)
+    from ..planning import (build_request, build_target, plan_document, plan_model, resolve_model, server_args as
+                            parse_args, shown_plan)
+    from .serve_cmd import render_changes
+    sa = parse_args(list(server_args), os.environ)
+    req = build_request(ctx, kv_type, parallel, floor, margin, sa)
     resolved = resolve_model(model)
-    plan = shown_plan(resolved, plan_model(resolved, req, build_target(vram, gpu, refresh)))
+    runnable = plan_model(resolved, req, build_target(vram, gpu, refresh))
+    changes = plan_document(runnable, sa, resolved, {"ctx": ctx, "kv_type": kv_type, "parallel": parallel})["changes"]
+    plan = shown_plan(resolved, runnable)
     hub = resolved.hub
     if as_json:
-        emit_json(dict(plan.to_json(), **({"hub": hub} if hub else {})))
+        emit_json(dict(plan.to_json(), changes=changes, **({"hub": hub} if hub else {})))
     else:
-        click.echo(render_plan(plan) + ("\n" + describe(hub) if hub else ""))
+        click.echo(render_plan(plan, render_changes(changes)) + ("\n" + describe(hub) if hub else ""))
     if plan.verdict != "ship":
         raise SystemExit(Exit.REFUSED.code)
 
 
-def render_plan(plan) -> str:
+def render_plan(plan, changes_text: str = "") -> str:
     out = []
     ev = plan.chosen or plan.nearest
     if ev is not None:
@@ -70,6 +75,8 @@ def render_plan(plan) -> str:
             out.append(f"prefill ceiling: {f.prefill_ceiling_tok_s:.0f} tok/s (spec-sheet FLOP/s)")
     out.append(f"verdict: {plan.verdict.upper()}")
     out.extend(f"  - {r}" for r in plan.reasons)
+    if changes_text:
+        out.append(changes_text)
     if plan.argv:
         out.append("llama-server " + " ".join(shlex.quote(a) for a in plan.argv))
     return "\n".join(out)

@@ -23,15 +23,13 @@ def plan_summary(plan) -> str:
             + (f", --n-cpu-moe {p.n_cpu_moe}" if p.n_cpu_moe else "") + f"; {mem}; decode forecast {fc}")
 
 
-@main.command("serve", context_settings={"ignore_unknown_options": True})
-@click.argument("model", type=str)
+@main.command("serve", context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]})
 @click.option("--no-plan", is_flag=True, help="Pass the llama-server args through untouched (no planning).")
 @click.option("--force", is_flag=True, help="Start even when the plan refuses.")
 @click.option("--quiet", is_flag=True, help="Do not echo llama-server's log (it is still written to the run dir).")
 @click.option("--server-bin", default=None, help="llama-server binary (default: $GPCRUN_LLAMA_SERVER, cache, PATH).")
 @click.option("--ctx", type=click.IntRange(min=0), default=None)
 @click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default=None)
-@click.option("--parallel", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--floor", type=click.FloatRange(min=0), default=1.0, show_default=True)
 @click.option("--margin", type=click.FloatRange(min=0), default=None, help="GPU margin MiB (default 1024).")
 @click.option("--restart", type=click.Choice(["no", "on-failure"]), default="no", show_default=True)
@@ -51,16 +49,23 @@ def plan_summary(plan) -> str:
 @click.option("--max-power", type=click.FloatRange(min=0), default=None,
               help="Watchdog: abort when a GPU stays at/above this % of its enforced power limit.")
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
-def serve_cmd(model, no_plan, force, quiet, server_bin, ctx, kv_type, parallel, floor, margin, restart,
-              max_restarts, ready_timeout, grace, min_host_available, kill_host_available, min_gpu_free, max_temp,
-              max_power, server_args):
-    """Run MODEL under llama-server, supervised and watched; args after -- go to llama-server (user wins).
+def serve_cmd(no_plan, force, quiet, server_bin, ctx, kv_type, floor, margin, restart, max_restarts, ready_timeout,
+              grace, min_host_available, kill_host_available, min_gpu_free, max_temp, max_power, server_args):
+    """gpcrun serve [OPTIONS] [MODEL] [--] LLAMA_SERVER_ARGS: your llama-server command line, planned first,
+    then supervised and watched.
 
-    MODEL is a path, a split model's first shard, or a hub ref (hf://OWNER/REPO[@REV]/FILE.gguf,
-    OWNER/REPO[:QUANT]): planned from its header, downloaded only when the plan ships."""
+    Put `gpcrun serve` in front of the llama-server arguments you already use: the model comes from -m/--model,
+    -hf/--hf-repo[:quant] (+ -hff), LLAMA_ARG_MODEL, or a leading MODEL (a path, a split model's first shard, or
+    a hub ref: hf://OWNER/REPO[@REV]/FILE.gguf, OWNER/REPO[:QUANT]). Every flag and LLAMA_ARG_* you set is kept;
+    gpcrun adds only what the plan must, and prints each addition with its reason. `gpcrun serve -- --help`
+    shows llama-server's own help."""
     from ..hardware.host import read_host_memory
     from ..launch.watchdog import MIB, Limits
     from ..pipeline import RunConfig, run
+
+    model, server_args = split_model(server_args)
+    if server_args[:1] in (("--help",), ("-h",), ("--usage",)) and model is None:
+        _llama_server_help(server_bin)
 
     base = Limits.defaults(read_host_memory().effective_limit_bytes)
     kw = {"gpu_min_free_bytes": min_gpu_free * MIB, "temp_abort_c": max_temp,
@@ -70,15 +75,16 @@ def serve_cmd(model, no_plan, force, quiet, server_bin, ctx, kv_type, parallel, 
     if kill_host_available is not None:
         kw["host_kill_available_bytes"] = kill_host_available * MIB
 
-    def on_plan(plan):
+    def on_plan(plan, changes):
         click.echo(plan_summary(plan), err=True)
+        click.echo(render_changes(changes), err=True)
         if plan.verdict != "ship":
             for r in plan.reasons:
                 click.echo(f"  - {r}", err=True)
             if not force:
                 click.echo("gpcrun: refused (use --force to start anyway)", err=True)
 
-    res = run(RunConfig(model=model, server_args=server_args, ctx=ctx, kv_type=kv_type, parallel=parallel,
+    res = run(RunConfig(model=model, server_args=server_args, ctx=ctx, kv_type=kv_type, parallel=None,
                         floor_tok_s=floor, margin_mib=margin, plan=not no_plan, force=force, server_bin=server_bin,
                         ready_timeout_s=ready_timeout, grace_s=grace, restart=restart, max_restarts=max_restarts,
                         limits=Limits(**{**base.to_json(), **kw}), quiet=quiet, on_plan=on_plan))
@@ -86,3 +92,26 @@ def serve_cmd(model, no_plan, force, quiet, server_bin, ctx, kv_type, parallel, 
     if o.kind != "refused":
         click.echo(f"gpcrun: {o.kind}: {o.reason} (run dir {res.run_dir})", err=True)
     sys.exit(o.exit_code)
+
+
+def split_model(args: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
+    """A leading MODEL (anything but a flag) kept for convenience; the rest is llama-server's command line."""
+    if args and not args[0].startswith("-"):
+        return args[0], tuple(args[1:])
+    return None, tuple(args)
+
+
+def _llama_server_help(server_bin) -> None:
+    """`gpcrun serve -- --help`: llama-server's own help, its exit status."""
+    import subprocess
+
+    from ..launch.binary import find_tool
+    sys.exit(subprocess.run([str(find_tool("llama-server", server_bin)), "--help"]).returncode)
+
+
+def render_changes(changes: list[dict]) -> str:
+    """What gpcrun adds to the user's llama-server command line, one line each with its reason."""
+    if not changes:
+        return "changes: none (llama-server runs exactly your command line)"
+    return "changes to your llama-server command line:\n" + "\n".join(
+        f"  + {c['flag']} {c['value']}: {c['reason']}" for c in changes)

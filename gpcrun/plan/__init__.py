@@ -9,11 +9,13 @@ The modules, from the bottom up (each imports only those above it in this list):
 - layout: llama.cpp's placement rules (which device holds each weight), LayoutTable, CPU repacking;
 - kv: the KV cache and recurrent state per device;  compute: the compute-buffer estimate;
 - memory: the memory map per device;  speed: the decode-speed forecast and Calibration;
-- verdict: the wording of every reason;  search: the candidate search, make_plan and the llama-server argv.
+- verdict: the wording of every reason;  search: the candidate search, make_plan and the llama-server argv;
+- changes: what the plan adds to the user's command line, each with its reason.
 `gpcrun.plan` re-exports the public names, so importers need not know the layout.
 """
 from __future__ import annotations
 
+from .changes import describe_changes
 from .compute import estimate_compute_bytes
 from .constants import (CPU_LAYER_OVERHEAD_S, CTX_PAD, DEFAULT_EFFICIENCY, DEFAULT_GPU_MARGIN_BYTES,
                         DEFAULT_GPU_RUNTIME_OVERHEAD_BYTES, DEFAULT_MIN_CTX, EXPS_REGEX, GIB, GPU_LAYER_OVERHEAD_S,
@@ -35,5 +37,5 @@ __all__ = [
     "DeviceMemory", "Evaluation", "Forecast", "Placement", "Plan", "placement_json",
     "LayoutTable", "repack_types_for", "context_bytes_by_device", "kv_size_tokens", "estimate_compute_bytes",
     "memory_map", "output_buffer_bytes", "Calibration", "bytes_read_per_token", "forecast",
-    "build_argv", "evaluate", "make_plan",
+    "build_argv", "describe_changes", "evaluate", "make_plan",
 ]

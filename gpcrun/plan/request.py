@@ -60,6 +60,7 @@ class Pinned:
     swa_full: bool = False
     tensor_split: tuple[float, ...] | None = None
     fit: str | None = None  # --fit / LLAMA_ARG_FIT as the user set it
+    model_set: bool = False  # the user's own args name the model (-m, -hf, LLAMA_ARG_MODEL): no '-m' is added
     passthrough: tuple[str, ...] = ()
 
 
@@ -102,6 +103,7 @@ def pinned_from(sa: ServerArgs) -> Pinned:
     p["load_mode"] = sa.value("load-mode")
     p["no_kv_offload"] = sa.flag("kv-offload") is False
     p["fit"] = sa.value("fit")
+    p["model_set"] = settings.model_source(sa).kind in ("path", "hf", "url")
     return Pinned(passthrough=tuple(sa.argv()), **p)
 
 

@@ -144,7 +144,7 @@ def _better(a: Evaluation, b: Evaluation | None) -> bool:
 
 def build_argv(model_path: str, pl: Placement, pin: Pinned, n_gpus: int) -> tuple[str, ...]:
     """Planner flags for what the user left free, then the user's own args verbatim (user wins)."""
-    argv: list[str] = ["-m", model_path]
+    argv: list[str] = [] if pin.model_set else ["-m", model_path]
     if pin.ctx is None:
         argv += ["-c", str(pl.ctx)]
     if pin.ngl is None:
