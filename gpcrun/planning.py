@@ -111,17 +111,23 @@ def build_target(vram: Sequence[int] = (), gpu: Sequence[str] = (), refresh: boo
 
 
 def plan_model(model: ResolvedModel, request, target=None):
-    """The plan for a resolved model (a hub ref's argv has `-m <header>` until the pipeline downloads it)."""
-    from .plan import make_plan
+    """The plan for a resolved model (a hub ref's argv has `-m <header>` until the pipeline downloads it), with
+    llama-server's host prompt cache kept inside the host's room (plan/cache.py)."""
+    from .plan import apply_prompt_cache, make_plan, plan_prompt_cache
     target = target if target is not None else build_target()
-    return make_plan(model.info, target, request, load_calibration(model.info, target, request.pinned))
+    plan = make_plan(model.info, target, request, load_calibration(model.info, target, request.pinned))
+    return apply_prompt_cache(plan, plan_prompt_cache(plan, request.pinned.cache_ram_mib))
 
 
 def plan_document(plan, sa, model: ResolvedModel, requested: dict | None = None) -> dict:
-    """plan.json / receipts: the plan and every change it makes to the user's command line, with its reason."""
-    from .plan import describe_changes
+    """plan.json / receipts: the plan, the host prompt cache's line, and every change the plan makes to the
+    user's command line, with its reason."""
+    from .plan import describe_changes, pinned_from, plan_prompt_cache
+    pc = plan_prompt_cache(plan, pinned_from(sa).cache_ram_mib)
     doc = plan.to_json()
-    doc["changes"] = describe_changes(plan, sa, model.info.facts.get("context_length"), requested)
+    doc["prompt_cache"] = pc.to_json()
+    doc["changes"] = describe_changes(plan, sa, model.info.facts.get("context_length"), requested,
+                                      {"cache-ram": pc.reason() or ""})
     return doc
 
 

@@ -317,8 +317,15 @@ def _read_tail(path: Path, n_bytes: int = 64 * 1024) -> str:
 def advice_for(action: Action, plan: dict | None) -> str:
     if action.rule.startswith("host"):
         from ..receipt.docs import PlanDoc
-        ctx = PlanDoc.from_json(plan).placement.ctx
+        doc = PlanDoc.from_json(plan)
+        ctx = doc.placement.ctx
         smaller = f" try --ctx {max(512, ctx // 2)}" if ctx else " try a smaller --ctx"
+        cache = doc.prompt_cache_mib
+        if cache:  # the host prompt cache grows while the server runs; weights and KV are allocated at load
+            shown = "unlimited" if cache < 0 else f"{cache} MiB"
+            return (f"host memory ran short while the server ran: the host prompt cache ({shown}) grows with every"
+                    f" distinct prompt; lower --cache-ram (e.g. -cram {max(0, cache // 2) if cache > 0 else 1024}),"
+                    " or free memory elsewhere;" + smaller + " frees KV cache too")
         return ("host memory ran short while the server ran: the KV cache or the weights grew past what is free;"
                 + smaller + " or --kv-type q8_0, or free memory elsewhere")
     if action.rule == "gpu_free":

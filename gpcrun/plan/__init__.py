@@ -10,11 +10,13 @@ The modules, from the bottom up (each imports only those above it in this list):
 - kv: the KV cache and recurrent state per device;  compute: the compute-buffer estimate;
 - memory: the memory map per device;  speed: the decode-speed forecast and Calibration;
 - verdict: the wording of every reason;  search: the candidate search, make_plan and the llama-server argv;
+- cache: llama-server's host prompt cache (--cache-ram) kept inside the host's room;
 - changes: what the plan adds to the user's command line, each with its reason.
 `gpcrun.plan` re-exports the public names, so importers need not know the layout.
 """
 from __future__ import annotations
 
+from .cache import DEFAULT_CACHE_RAM_MIB, PromptCache, apply_prompt_cache, plan_prompt_cache
 from .changes import describe_changes
 from .compute import estimate_compute_bytes
 from .constants import (CPU_LAYER_OVERHEAD_S, CTX_PAD, DEFAULT_EFFICIENCY, DEFAULT_GPU_MARGIN_BYTES,
@@ -38,4 +40,5 @@ __all__ = [
     "LayoutTable", "repack_types_for", "context_bytes_by_device", "kv_size_tokens", "estimate_compute_bytes",
     "memory_map", "output_buffer_bytes", "Calibration", "bytes_read_per_token", "forecast",
     "build_argv", "describe_changes", "evaluate", "make_plan",
+    "DEFAULT_CACHE_RAM_MIB", "PromptCache", "apply_prompt_cache", "plan_prompt_cache",
 ]

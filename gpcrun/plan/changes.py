@@ -16,10 +16,13 @@ def _gib(n: int | None) -> str:
     return "unknown" if n is None else f"{n / (1 << 30):.2f} GiB"
 
 
-def describe_changes(plan: Plan, user: ServerArgs, train_ctx: int | None, requested: dict | None = None) -> list[dict]:
+def describe_changes(plan: Plan, user: ServerArgs, train_ctx: int | None, requested: dict | None = None,
+                     reasons: dict[str, str] | None = None) -> list[dict]:
     """[{flag, value, reason}] for each option the plan's argv sets that the user did not (by flag or env), and for
-    a user value the plan replaced ('-ngl auto'). `requested` holds gpcrun's own options (ctx, kv_type, parallel)."""
+    a user value the plan replaced ('-ngl auto'). `requested` holds gpcrun's own options (ctx, kv_type, parallel);
+    `reasons` gives the reason for options decided outside the placement search (option key -> text)."""
     requested = requested or {}
+    reasons = reasons or {}
     ev = plan.chosen or plan.nearest
     if ev is None:
         return []
@@ -31,7 +34,8 @@ def describe_changes(plan: Plan, user: ServerArgs, train_ctx: int | None, reques
         if o is None or o.key == "model" or user.is_set(o.key):
             continue
         value = " ".join(a.values)
-        out.append({"flag": a.token, "value": value, "reason": _reason(o.key, pl, gpus, train_ctx, requested)})
+        why = reasons.get(o.key) or _reason(o.key, pl, gpus, train_ctx, requested)
+        out.append({"flag": a.token, "value": value, "reason": why})
     if user.value("gpu-layers") in ("auto", "-1") and gpus:
         out.append({"flag": "-ngl", "value": str(pl.ngl),
                     "reason": f"replaces -ngl {user.value('gpu-layers')}: the plan chose the layers (see -ngl above)"})

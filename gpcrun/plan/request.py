@@ -61,6 +61,7 @@ class Pinned:
     tensor_split: tuple[float, ...] | None = None
     fit: str | None = None  # --fit / LLAMA_ARG_FIT as the user set it
     model_set: bool = False  # the user's own args name the model (-m, -hf, LLAMA_ARG_MODEL): no '-m' is added
+    cache_ram_mib: int | None = None  # -cram / LLAMA_ARG_CACHE_RAM (MiB; -1 unlimited, 0 off)
     passthrough: tuple[str, ...] = ()
 
 
@@ -104,6 +105,7 @@ def pinned_from(sa: ServerArgs) -> Pinned:
     p["no_kv_offload"] = sa.flag("kv-offload") is False
     p["fit"] = sa.value("fit")
     p["model_set"] = settings.model_source(sa).kind in ("path", "hf", "url")
+    p["cache_ram_mib"] = sa.int_value("cache-ram")
     return Pinned(passthrough=tuple(sa.argv()), **p)
 
 

@@ -65,13 +65,22 @@ class PlanDoc:
     chosen: EvaluationDoc | None = None
     nearest: EvaluationDoc | None = None
     argv: tuple[str, ...] = ()
+    prompt_cache: Mapping | None = None  # {"limit_mib" (None = unlimited), "source", ...} when planned
 
     @classmethod
     def from_json(cls, d: Mapping | None) -> "PlanDoc":
         d = d or {}
         ch, ne = d.get("plan"), d.get("nearest")
         return cls(d.get("verdict"), EvaluationDoc.from_json(ch) if ch else None,
-                   EvaluationDoc.from_json(ne) if ne else None, tuple(d.get("argv") or ()))
+                   EvaluationDoc.from_json(ne) if ne else None, tuple(d.get("argv") or ()), d.get("prompt_cache"))
+
+    @property
+    def prompt_cache_mib(self) -> int | None:
+        """The host prompt cache's limit: MiB, -1 unlimited, 0 or None when there is none (or it was not planned)."""
+        if not self.prompt_cache:
+            return None
+        limit = self.prompt_cache.get("limit_mib")
+        return -1 if limit is None else limit
 
     @property
     def placement(self) -> PlacementDoc:
