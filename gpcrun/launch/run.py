@@ -20,6 +20,7 @@ from typing import Callable, Mapping, Sequence
 from ..atomic import write_json_atomic
 from ..paths import gpcrun_home
 from ..server_args import ServerArgs, settings
+from .endpoint import url_of
 from .outcome import Outcome, classify
 from .supervisor import State, Supervisor
 from .watchdog import Action, Limits, Watchdog, make_sampler
@@ -52,19 +53,6 @@ def server_argv(server_bin: str, args: Sequence[str], host: str = "127.0.0.1", p
     if not sa.is_set("port"):
         argv += ["--port", str(port if port is not None else 8080)]
     return argv
-
-
-def url_of(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
-    """Where a client reaches this llama-server: its first TCP listen address (a wildcard reads as loopback)."""
-    lst = settings.listen(ServerArgs.parse(list(argv[1:]), os.environ if env is None else env, strict=False))
-    host = next((h for h in lst.hosts if not h.endswith(".sock")), "127.0.0.1")
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{lst.port}"
 
 
 def free_port() -> int:

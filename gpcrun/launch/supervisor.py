@@ -160,9 +160,8 @@ class Supervisor:
         timeout_s passed or cancel() said so (the caller decides what to do). Never sleeps past a child's
         death; a /health that does not answer costs at most the time left (capped at 2 s) per try."""
         t0 = self.clock()
-        with requests.Session() as session:
-            if api_key:  # a server started with --api-key answers /completion 401 without it
-                session.headers["Authorization"] = f"Bearer {api_key}"
+        from .endpoint import session_for
+        with session_for(url, api_key) as session:  # TCP, IPv6, UNIX socket or TLS; the API key sent
             while True:
                 if self.poll() is not None:
                     return False
