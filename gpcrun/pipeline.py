@@ -149,6 +149,8 @@ def _serve(cfg: RunConfig, res: RunResult, binary: str, args: list[str]) -> None
     try:
         for port_try in (1, 2):
             res.argv = argv = server_argv(binary, args, port=None if has_port or not cfg.auto_port else free_port())
+            if port_try == 1:
+                _say_listen_changes(cfg, argv[1 + len(args):], has_port)
             size = res.model.info.file_size_bytes if res.model is not None else None
             run = ServerRun(RunOptions(argv=argv, run_dir=res.run_dir, model_bytes=size,
                                        ready_timeout_s=cfg.ready_timeout_s or cfg.timeout_s, grace_s=cfg.grace_s,
@@ -185,6 +187,15 @@ def _serve(cfg: RunConfig, res: RunResult, binary: str, args: list[str]) -> None
             current["run"].request_stop("interrupted")
             current["th"].join(30)
         raise
+
+
+def _say_listen_changes(cfg: RunConfig, added: list[str], has_port: bool) -> None:
+    """--host/--port that gpcrun writes (printed like the plan's changes, with their reasons)."""
+    why = {"--host": "llama-server's default (127.0.0.1), written out",
+           "--port": ("a free port, for the benchmark's own server" if cfg.auto_port and not has_port
+                      else "llama-server's default (8080), written out")}
+    for flag, value in zip(added[::2], added[1::2]):
+        cfg.echo(f"  + {flag} {value}: {why.get(flag, 'set by gpcrun')}")
 
 
 def _bench_signals(run, clients: list) -> None:

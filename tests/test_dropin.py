@@ -57,6 +57,7 @@ def _seen(props: dict) -> dict:
 CASES = [
     ("-m only", [], {}),
     ("-c with -np 2", ["-c", "4096", "-np", "2"], {}),
+    ("-np 2 without -c", ["-np", "2"], {}),  # llama.cpp: n_ctx_train for each slot (common/fit.cpp)
     ("-np 1 and --alias", ["-np", "1", "--alias", "tiny"], {}),
     ("LLAMA_ARG_CTX_SIZE", [], {"LLAMA_ARG_CTX_SIZE": "1024"}),
     ("LLAMA_ARG_N_PARALLEL", ["-c", "2048"], {"LLAMA_ARG_N_PARALLEL": "3"}),

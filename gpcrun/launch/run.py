@@ -50,6 +50,8 @@ def server_argv(server_bin: str, args: Sequence[str], host: str = "127.0.0.1", p
     argv = [str(server_bin), *args]
     if not sa.is_set("host"):
         argv += ["--host", host]
+    elif all(h.endswith(".sock") for h in settings.listen(sa).hosts):
+        return argv  # UNIX sockets only: no TCP port to name
     if not sa.is_set("port"):
         argv += ["--port", str(port if port is not None else 8080)]
     return argv

@@ -46,10 +46,13 @@ def _reason(key: str, pl, gpus, train_ctx: int | None, req: dict) -> str:
     if key == "ctx-size":
         if req.get("ctx") is not None:
             return f"from gpcrun --ctx {req['ctx']}"
-        if train_ctx and pl.ctx >= train_ctx:
-            return f"the model's full {train_ctx}-token context (llama-server's default), written out since --fit is off"
-        return (f"the model's {train_ctx}-token context (llama-server's default) does not fit; {pl.ctx} is the largest"
-                f" that does")
+        streams = 1 if pl.kv_unified else max(1, pl.parallel)
+        full = (train_ctx or 0) * streams
+        default = (f"the model's {train_ctx}-token context" + (f" for each of {streams} slots" if streams > 1 else "")
+                   + " (llama-server's default)")
+        if train_ctx and pl.ctx >= full:
+            return f"{default}, written out since --fit is off"
+        return f"{default} does not fit; {pl.ctx} is the largest that does"
     if key in ("cache-type-k", "cache-type-v"):
         t = pl.type_k if key == "cache-type-k" else pl.type_v
         if req.get("kv_type"):

@@ -19,10 +19,14 @@ _CTX_LADDER = (1 << 20, 524288, 262144, 131072, 65536, 32768, 16384, 8192, 4096,
 def _ctx_candidates(model: ModelInfo, req: Request) -> list[int]:
     pinned = req.pinned.ctx if req.pinned.ctx is not None else req.ctx
     train = model.facts.get("context_length") or 4096
+    # llama.cpp's default context (-c unset, or 0): n_ctx_train for each sequence when the KV cache is not unified
+    # (common/fit.cpp: "context size unset and KV cache not unified -> n_ctx_train * n_streams"), else in total
+    streams = 1 if req.pinned.kv_unified else max(1, req.pinned.parallel or req.parallel)
+    full = train * streams
     if pinned is not None:
-        return [pinned if pinned > 0 else train]
-    ladder = [train] + [c for c in _CTX_LADDER if c < train]
-    return [c for c in ladder if c >= min(req.min_ctx, train)] or [train]
+        return [pinned if pinned > 0 else full]
+    ladder = [full] + [c for c in _CTX_LADDER if c < full]
+    return [c for c in ladder if c >= min(req.min_ctx * streams, full)] or [full]
 
 
 def _kv_candidates(req: Request) -> list[tuple[str, str]]:
