@@ -5,19 +5,19 @@ It accepts and ignores llama-server's flags (-m, -c, -t, ...), reads --host/--po
 /completion like llama-server does. Every mode is bounded: the process exits by itself after --max-lifetime-s.
 
 Modes:
-  ok              /health 503 for --ready-after-ms, then 200; /completion answers {"content": ...} (503 before
-                  --completion-after-ms when that is given)
+  ok              /health 503 for --ready-after-ms, then 200; /completion answers {"content": ...} and /props
+                  {"total_slots": 1, ...} (both 503 before --completion-after-ms when that is given)
   ignore-sigterm  like ok, but SIGTERM is ignored (each one is logged to --signal-log); only SIGKILL stops it
   die-loading     /health 503; after --die-after-ms prints "error loading model" and exits 1
   hang-health     accepts connections but never answers /health
   never-ready     /health 503 forever
-  leak            like ok; --leak-after-ms after the first completion it allocates and touches memory at
+  leak            like ok; --leak-after-ms after the first completion or /props it allocates and touches memory at
                   --leak-mb-per-s up to --leak-max-mb, appending "<unix time> <bytes allocated>" lines to
                   --leak-progress; holds it --leak-hold-s, then frees it and exits 0. SIGTERM is logged to the
                   progress file as "term <unix time>" and ends the process at once.
   oom-log         prints "failed to allocate buffer for kv cache" and exits 1
   sigill          kills itself with SIGILL
-  crash           like ok; --die-after-ms after the first completion it exits 2 with no message
+  crash           like ok; --die-after-ms after the first completion or /props it exits 2 with no message
 """
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--leak-after-ms", type=float, default=200)
     p.add_argument("--leak-hold-s", type=float, default=3)
     p.add_argument("--leak-progress", default=None)
+    p.add_argument("--no-warmup", action="store_true", help="like llama-server's: gpcrun then probes /completion")
     args, _ignored = p.parse_known_args(argv)  # llama-server flags and their values
     args.leak_max_mb = min(args.leak_max_mb, 2000)  # never a real memory bomb
     return args
@@ -171,6 +172,15 @@ def main(argv: list[str]) -> None:
                     self._send(200, {"status": "ok"})
                 else:
                     self._send(503, {"error": {"code": 503, "message": "Loading model"}})
+            elif self.path.startswith("/props"):  # gpcrun's readiness read after llama.cpp's warmup
+                if not ready(args.completion_after_ms):
+                    self._send(503, {"error": {"code": 503, "message": "Loading model"}})
+                    return
+                self._send(200, {"total_slots": 1, "default_generation_settings": {"n_ctx": 512}})
+                if leak is not None:
+                    leak.trigger()
+                if args.mode == "crash":
+                    threading.Timer(args.die_after_ms / 1000, os._exit, (2,)).start()
             else:
                 self._send(404, {"error": "not found"})
 

@@ -145,3 +145,32 @@ def test_plan_json_lists_changes_with_reasons(tiny_models, tmp_path):
     assert "-c" not in flags and "-t" not in flags  # the user's own
     assert flags["--fit"]["value"] == "off" and "the plan is the fit" in flags["--fit"]["reason"]
     assert all(c["reason"] for c in doc["changes"])
+
+
+def test_readiness_leaves_the_users_metrics_alone(llama_server_bin, tiny_models, tmp_path):
+    """gpcrun's readiness probe is not counted: right after ready, /metrics reads as for a bare llama-server."""
+    env = dict(os.environ, GPCRUN_HOME=str(tmp_path), GPCRUN_LLAMA_SERVER=str(llama_server_bin))
+    seen = {}
+    for who in ("bare", "gpcrun"):
+        port = free_port()
+        args = ["-m", str(tiny_models["tiny-llama-q8_0"]), "--port", str(port), "--metrics", *THREADS]
+        argv = [str(llama_server_bin), *args] if who == "bare" else [sys.executable, "-m", "gpcrun", "serve",
+                                                                      "--quiet", *args]
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            _props(f"http://127.0.0.1:{port}")
+            if who == "gpcrun":  # /props answers as soon as llama-server is up: wait for gpcrun's own ready
+                end = time.monotonic() + 30
+                while time.monotonic() < end and not list(Path(tmp_path).glob("runs/*/events.jsonl")):
+                    time.sleep(0.1)
+                ev = next(Path(tmp_path).glob("runs/*/events.jsonl"))
+                while time.monotonic() < end and '"ready"' not in ev.read_text():
+                    time.sleep(0.1)
+            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            seen[who] = {ln.split()[0]: float(ln.split()[1]) for ln in text.splitlines()
+                         if ln.startswith("llamacpp:") and ln.split()[0].endswith("_total")}
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.communicate(timeout=30)
+    assert seen["gpcrun"] == seen["bare"] and seen["bare"]["llamacpp:prompt_tokens_total"] == 0, seen

@@ -113,8 +113,9 @@ def test_terminal_states_and_conditional_moves(tmp_path):
 # ------------------------------------------------------------------------------------------------ readiness
 
 def test_ready_only_after_health_200_and_a_completion(sups):
-    # /health is 200 after 0.2 s, but /completion answers 503 until 0.8 s: ready only after both
-    sup, url = sups("ok", "--ready-after-ms", "200", "--completion-after-ms", "800")
+    # --no-warmup: nothing has run at /health 200, so readiness needs a completion; /health is 200 after 0.2 s,
+    # but /completion answers 503 until 0.8 s: ready only after both
+    sup, url = sups("ok", "--ready-after-ms", "200", "--completion-after-ms", "800", "--no-warmup")
     t0 = time.monotonic()
     sup.start()
     assert sup.state is S.LOADING
@@ -125,6 +126,15 @@ def test_ready_only_after_health_200_and_a_completion(sups):
     assert (tr.from_state, tr.to_state) == ("loading", "ready") and "completion" in tr.note
     assert sup.stop("done", grace_s=5) == 0
     assert sup.state is S.STOPPED and sup.kill_sent_at is None
+
+
+def test_ready_with_warmup_reads_props_not_a_completion(sups):
+    """llama.cpp's warmup already decoded once before /health 200: readiness reads /props (uncounted) instead."""
+    sup, url = sups("ok", "--ready-after-ms", "200")
+    sup.start()
+    assert sup.wait_ready(url, 20)
+    assert "warmup" in sup.transitions[-1].note and "completion" not in sup.transitions[-1].note
+    assert sup.stop("done", grace_s=5) == 0
 
 
 def test_die_while_loading_fails_fast(sups):

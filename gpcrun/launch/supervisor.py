@@ -160,6 +160,8 @@ class Supervisor:
         timeout_s passed or cancel() said so (the caller decides what to do). Never sleeps past a child's
         death; a /health that does not answer costs at most the time left (capped at 2 s) per try."""
         t0 = self.clock()
+        from ..server_args import ServerArgs
+        warmup = ServerArgs.parse(list(self.argv[1:]), os.environ, strict=False).flag("warmup") is not False
         from .endpoint import session_for
         with session_for(url, api_key) as session:  # TCP, IPv6, UNIX socket or TLS; the API key sent
             while True:
@@ -177,16 +179,30 @@ class Supervisor:
                 try:
                     health_timeout = max(0.25, min(2.0, timeout_s - elapsed))
                     if session.get(url + "/health", timeout=health_timeout).status_code == 200:
-                        r = session.post(url + "/completion", json={"prompt": "Hi", "n_predict": 1,
-                                                                    "cache_prompt": False}, timeout=60)
-                        if r.status_code == 200 and "content" in r.json():
-                            note = f"/health 200 and a 1-token completion after {self.clock() - t0:.2f} s"
-                            return self._to_if((State.LOADING,), State.READY, note)
+                        note = self._probe(session, url, warmup)
+                        if note:
+                            return self._to_if((State.LOADING,), State.READY,
+                                               f"{note} after {self.clock() - t0:.2f} s")
                 except (requests.RequestException, ValueError):
                     pass
                 if cancel is not None and cancel():
                     return False
                 time.sleep(poll_interval_s)
+
+    @staticmethod
+    def _probe(session, url: str, warmup: bool) -> str | None:
+        """Readiness beyond /health 200 that leaves the user's /metrics alone. With llama.cpp's warmup (the
+        default: common_init runs one decode before /health turns 200) the model has already run: /props is
+        read (served without inference, not counted). With --no-warmup nothing has run yet: a 1-token
+        completion proves it does, and shows once in /metrics (llamacpp:prompt_tokens_total ...)."""
+        if warmup:
+            r = session.get(url + "/props", timeout=10)
+            return "/health 200 after llama.cpp's warmup, /props answered" if r.status_code == 200 else None
+        r = session.post(url + "/completion", json={"prompt": "Hi", "n_predict": 1, "cache_prompt": False},
+                         timeout=60)
+        if r.status_code == 200 and "content" in r.json():
+            return "/health 200 and a 1-token completion (--no-warmup)"
+        return None
 
     def signal_group(self, sig: int) -> bool:
         if self.proc is None or self.proc.poll() is not None:
