@@ -119,8 +119,9 @@ def run(cfg: RunConfig) -> RunResult:
         if cfg.bench is not None and getattr(cfg.bench, "concurrency", ()):
             slots = max(slots or 1, *cfg.bench.concurrency)
         req = build_request(cfg.ctx, cfg.kv_type, slots, cfg.floor_tok_s, cfg.margin_mib, sa)
-        res.plan = plan = plan_model(model, req)
-        res.plan_doc = plan_document(plan, sa, model, {"ctx": cfg.ctx, "kv_type": cfg.kv_type, "parallel": slots})
+        res.plan = plan = plan_model(model, req, sa=sa)
+        res.plan_doc = plan_document(plan, sa, model, {"ctx": cfg.ctx, "kv_type": cfg.kv_type, "parallel": slots},
+                                     req)
         from .atomic import write_json_atomic
         write_json_atomic(run_dir / "plan.json", res.plan_doc)
         if cfg.on_plan:

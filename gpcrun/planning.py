@@ -110,21 +110,51 @@ def build_target(vram: Sequence[int] = (), gpu: Sequence[str] = (), refresh: boo
     return target_from_profile(doc, vram_mib=list(vram), specs=specs)
 
 
-def plan_model(model: ResolvedModel, request, target=None):
+def extras_for(sa, target, ngl: int) -> tuple:
+    """The extra files llama-server loads (draft model, LoRA adapters, control vectors, projector), headers read."""
+    from .model import load_model
+    from .plan import Extra
+    from .server_args import settings
+    files = settings.files(sa)
+    gpu_layers = bool(target.gpus) and ngl > 0
+    ngld = sa.value("spec-draft-ngl")
+    ngld = None if ngld in (None, "auto", "-1") else (10 ** 6 if ngld in ("all", "-2") else int(ngld))
+    out = [Extra("draft", p, load_model(p), bool(target.gpus), ngld,
+                 settings.cache_type(sa, "spec-draft-type-k") or "f16",
+                 settings.cache_type(sa, "spec-draft-type-v") or "f16") for p in files["draft"]]
+    out += [Extra("lora", p, load_model(p), gpu_layers) for p in files["lora"]]
+    out += [Extra("control_vector", p, load_model(p), gpu_layers) for p in files["control_vector"]]
+    offload = sa.flag("mmproj-offload") is not False
+    out += [Extra("mmproj", p, load_model(p), offload and bool(target.gpus)) for p in files["mmproj"]]
+    return tuple(out)
+
+
+def _extras_and_cache(plan, request, sa):
+    from .plan import extra_lines, plan_prompt_cache, room_after
+    ev = plan.chosen or plan.nearest
+    extras = extras_for(sa, plan.target, ev.placement.ngl if ev else 0) if sa is not None else ()
+    lines = extra_lines(plan, extras, plan.target, request)
+    return lines, plan_prompt_cache(room_after(plan, lines), request.pinned.cache_ram_mib)
+
+
+def plan_model(model: ResolvedModel, request, target=None, sa=None):
     """The plan for a resolved model (a hub ref's argv has `-m <header>` until the pipeline downloads it), with
-    llama-server's host prompt cache kept inside the host's room (plan/cache.py)."""
-    from .plan import apply_prompt_cache, make_plan, plan_prompt_cache
+    the extra files llama-server loads (plan/extras.py) and its host prompt cache (plan/cache.py) accounted."""
+    from .plan import apply_extras, apply_prompt_cache, make_plan
     target = target if target is not None else build_target()
     plan = make_plan(model.info, target, request, load_calibration(model.info, target, request.pinned))
-    return apply_prompt_cache(plan, plan_prompt_cache(plan, request.pinned.cache_ram_mib))
+    lines, pc = _extras_and_cache(plan, request, sa)
+    return apply_prompt_cache(apply_extras(plan, lines), pc)
 
 
-def plan_document(plan, sa, model: ResolvedModel, requested: dict | None = None) -> dict:
-    """plan.json / receipts: the plan, the host prompt cache's line, and every change the plan makes to the
-    user's command line, with its reason."""
-    from .plan import describe_changes, pinned_from, plan_prompt_cache
-    pc = plan_prompt_cache(plan, pinned_from(sa).cache_ram_mib)
+def plan_document(plan, sa, model: ResolvedModel, requested: dict | None = None, request=None) -> dict:
+    """plan.json / receipts: the plan, a line for each extra file and the host prompt cache, and every change
+    the plan makes to the user's command line, with its reason."""
+    from .plan import describe_changes
+    request = request if request is not None else build_request(None, None, None, 1.0, None, sa)
+    lines, pc = _extras_and_cache(plan, request, sa)
     doc = plan.to_json()
+    doc["extras"] = [x.to_json() for x in lines]
     doc["prompt_cache"] = pc.to_json()
     doc["changes"] = describe_changes(plan, sa, model.info.facts.get("context_length"), requested,
                                       {"cache-ram": pc.reason() or ""})

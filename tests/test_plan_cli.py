@@ -87,7 +87,9 @@ def test_plan_json(gp, tiny_models, smollm2, name):
     assert d["reasons"][0].startswith("fits: ") and d["nearest"] is None
     pl = d["plan"]["placement"]
     info = load_model(path)
-    assert pl["ctx"] == info.facts["context_length"]  # the largest context: the training one on this host
+    # the largest context: llama-server's own default for 2 slots without -c, the training context for each
+    # (common/fit.cpp: n_ctx_train x n_streams when the KV cache is not unified)
+    assert pl["ctx"] == info.facts["context_length"] * 2
     assert (pl["type_k"], pl["type_v"], pl["parallel"]) == ("f16", "f16", 2)
     (cpu,) = d["plan"]["memory"]  # this machine has no GPU
     assert cpu["device"] == "CPU" and cpu["fits"] is True and cpu["headroom_bytes"] >= 0

@@ -38,12 +38,14 @@ def plan_cmd(model, ctx, kv_type, parallel, floor, margin, vram, gpu, refresh, a
     sa = parse_args(list(server_args), os.environ)
     req = build_request(ctx, kv_type, parallel, floor, margin, sa)
     resolved = resolve_model(model)
-    runnable = plan_model(resolved, req, build_target(vram, gpu, refresh))
-    changes = plan_document(runnable, sa, resolved, {"ctx": ctx, "kv_type": kv_type, "parallel": parallel})["changes"]
+    runnable = plan_model(resolved, req, build_target(vram, gpu, refresh), sa=sa)
+    doc = plan_document(runnable, sa, resolved, {"ctx": ctx, "kv_type": kv_type, "parallel": parallel}, req)
+    changes = doc["changes"]
     plan = shown_plan(resolved, runnable)
     hub = resolved.hub
     if as_json:
-        emit_json(dict(plan.to_json(), changes=changes, **({"hub": hub} if hub else {})))
+        emit_json(dict(plan.to_json(), extras=doc["extras"], prompt_cache=doc["prompt_cache"], changes=changes,
+                       **({"hub": hub} if hub else {})))
     else:
         click.echo(render_plan(plan, render_changes(changes)) + ("\n" + describe(hub) if hub else ""))
     if plan.verdict != "ship":

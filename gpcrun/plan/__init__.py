@@ -10,6 +10,7 @@ The modules, from the bottom up (each imports only those above it in this list):
 - kv: the KV cache and recurrent state per device;  compute: the compute-buffer estimate;
 - memory: the memory map per device;  speed: the decode-speed forecast and Calibration;
 - verdict: the wording of every reason;  search: the candidate search, make_plan and the llama-server argv;
+- extras: draft model, LoRA adapters, control vectors, projector: their own memory lines;
 - cache: llama-server's host prompt cache (--cache-ram) kept inside the host's room;
 - changes: what the plan adds to the user's command line, each with its reason.
 `gpcrun.plan` re-exports the public names, so importers need not know the layout.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from .cache import DEFAULT_CACHE_RAM_MIB, PromptCache, apply_prompt_cache, plan_prompt_cache
 from .changes import describe_changes
+from .extras import Extra, ExtraLine, apply_extras, extra_lines, room_after
 from .compute import estimate_compute_bytes
 from .constants import (CPU_LAYER_OVERHEAD_S, CTX_PAD, DEFAULT_EFFICIENCY, DEFAULT_GPU_MARGIN_BYTES,
                         DEFAULT_GPU_RUNTIME_OVERHEAD_BYTES, DEFAULT_MIN_CTX, EXPS_REGEX, GIB, GPU_LAYER_OVERHEAD_S,
@@ -41,4 +43,5 @@ __all__ = [
     "memory_map", "output_buffer_bytes", "Calibration", "bytes_read_per_token", "forecast",
     "build_argv", "describe_changes", "evaluate", "make_plan",
     "DEFAULT_CACHE_RAM_MIB", "PromptCache", "apply_prompt_cache", "plan_prompt_cache",
+    "Extra", "ExtraLine", "apply_extras", "extra_lines", "room_after",
 ]
