@@ -121,6 +121,7 @@ def plan_comparable(doc: dict) -> dict:
     """A plan document without the model path and what the machine measures afresh on each run (free memory)."""
     doc = json.loads(json.dumps(doc))
     doc.pop("hub", None), doc.pop("argv"), doc.pop("target"), doc.pop("reasons")
+    doc.get("prompt_cache", {}).pop("room_bytes", None)  # the host's free memory, measured afresh
     for m in doc["plan"]["memory"]:
         for k in ("capacity_bytes", "margin_bytes", "headroom_bytes"):
             m.pop(k)
