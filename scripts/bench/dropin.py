@@ -148,12 +148,64 @@ def run_case(server: str, name: str, args: list[str], env_extra: dict, home: Pat
     return out
 
 
+def prompt_cache_growth(server: str, model: str, home: Path, cram: str | None, n: int, tokens: int) -> dict:
+    """n distinct prompts of `tokens` tokens through gpcrun serve (cache_prompt on, 1 token out each): the peak RSS of
+    llama-server's tree (the watchdog's samples) against the plan's host total plus its prompt-cache line."""
+    import random
+
+    import requests
+    port = free_port()
+    args = ["-m", model, "-c", str(2 * tokens), "-np", "1", *T, "--port", str(port)] + (["-cram", cram] if cram else [])
+    env = dict(os.environ, GPCRUN_HOME=str(home), GPCRUN_LLAMA_SERVER=server)
+    proc = _start([sys.executable, "-m", "gpcrun", "serve", "--quiet", *args], env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _observe(proc, [server, *args], env, None)
+        end = time.monotonic() + 30
+        runs = home / "runs"
+        while time.monotonic() < end and not list(runs.glob("*/events.jsonl")):
+            time.sleep(0.1)
+        run = max(runs.iterdir(), key=lambda d: d.stat().st_mtime)
+        while time.monotonic() < end and '"ready"' not in (run / "events.jsonl").read_text():
+            time.sleep(0.1)
+        rng = random.Random(1)
+        t0 = time.monotonic()
+        for i in range(n):
+            prompt = [rng.randrange(100, 40000) for _ in range(tokens)]
+            requests.post(url + "/completion", json={"prompt": prompt, "n_predict": 1, "cache_prompt": True},
+                          timeout=600).raise_for_status()
+        took = time.monotonic() - t0
+        time.sleep(1.5)  # two more watchdog samples
+    finally:
+        _stop(proc)
+    plan = json.loads((run / "plan.json").read_text())
+    host = next(m for m in plan["plan"]["memory"] if m["kind"] == "host")
+    rss = [json.loads(x).get("child_rss_bytes") or 0 for x in (run / "samples.jsonl").read_text().splitlines()]
+    limit = plan["prompt_cache"]["limit_mib"]
+    planned = host["total_bytes"] + (limit or 0) * 2**20
+    return {"cram": cram or "default", "prompts": n, "tokens": tokens, "seconds": round(took, 1),
+            "rss_first_mib": round(rss[0] / 2**20, 1), "rss_peak_mib": round(max(rss) / 2**20, 1),
+            "plan_host_mib": round(host["total_bytes"] / 2**20, 1), "prompt_cache_limit_mib": limit,
+            "planned_mib": round(planned / 2**20, 1), "inside_plan": max(rss) <= planned}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default=None)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--prompt-cache", type=int, default=0, metavar="N",
+                    help="instead: N distinct prompts through gpcrun serve, default and -cram 128, RSS vs plan")
+    ap.add_argument("--prompt-tokens", type=int, default=1000)
     a = ap.parse_args()
     server = str(find_tool("llama-server"))
+    if a.prompt_cache:
+        smol = models()["smollm2"]
+        with tempfile.TemporaryDirectory(prefix="gpcrun-dropin-") as d:
+            for cram in (None, "128"):
+                r = prompt_cache_growth(server, smol, Path(d) / f"home-{cram}", cram, a.prompt_cache, a.prompt_tokens)
+                print(json.dumps(r))
+                sys.stdout.flush()
+        return 0
     with tempfile.TemporaryDirectory(prefix="gpcrun-dropin-") as d:
         tmp = Path(d)
         rows = []
