@@ -336,3 +336,22 @@ def write_corpus(directory: Path = NASTY_DIR) -> None:
 
 if __name__ == "__main__":
     write_corpus()
+
+
+def write_lora(path: str | Path, base_info, rank: int = 8, targets: tuple[str, ...] = ("attn_q", "attn_v"),
+               seed: int = 0) -> Path:
+    """A LoRA adapter GGUF for a base model, as llama.cpp's convert_lora_to_gguf.py writes one (general.type
+    'adapter', adapter.type 'lora', adapter.lora.alpha; F32 lora_a (ne = [n_in, r]) and lora_b (ne = [r, n_out])
+    for each targeted weight of every layer). Values are small random numbers: llama-server loads and applies it."""
+    rng = np.random.default_rng(seed)
+    by_name = {t.name: t for t in base_info.tensors}
+    ts = []
+    for il in range(int(base_info.facts["block_count"])):
+        for tgt in targets:
+            base = by_name[f"blk.{il}.{tgt}.weight"]
+            n_in, n_out = base.shape[0], base.shape[1]
+            ts.append(T(f"blk.{il}.{tgt}.weight.lora_a", (rng.standard_normal((rank, n_in)) * 0.01).astype(np.float32)))
+            ts.append(T(f"blk.{il}.{tgt}.weight.lora_b", (rng.standard_normal((n_out, rank)) * 0.01).astype(np.float32)))
+    kvs = [KV("general.type", V.STRING, "adapter"), KV("adapter.type", V.STRING, "lora"),
+           KV("adapter.lora.alpha", V.FLOAT32, float(rank)), KV("general.name", V.STRING, "tiny-lora")]
+    return write_gguf(path, kvs, ts, arch=base_info.architecture)[0]

@@ -87,3 +87,35 @@ def test_extras_that_do_not_fit_refuse_and_shrink_the_prompt_cache(tiny_models):
     assert bare["prompt_cache"]["room_bytes"] - room_with == draft_total  # the draft's bytes came off the room
     plan, doc = _plan(tiny_models["tiny-llama-q8_0"], 1 * GIB + 70 * MIB, ["-md", str(f16)])
     assert plan.verdict == "refuse" and "extra files do not fit" in plan.reasons[-1]
+
+
+def test_lora_adapter_line_matches_llama_servers_buffer(llama_server_bin, tiny_models, tmp_path):
+    """A generated LoRA adapter (tests/gguf_factory.write_lora): llama-server loads and serves with it, and the
+    plan's lora line equals llama-server's own 'LoRA buffer size'."""
+    from tests.gguf_factory import write_lora
+    main = tiny_models["tiny-llama-q8_0"]
+    lora = write_lora(tmp_path / "tiny-lora.gguf", load_model(str(main)))
+    port = free_port()
+    env = dict(os.environ, GPCRUN_HOME=str(tmp_path / "home"), GPCRUN_LLAMA_SERVER=str(llama_server_bin))
+    proc = subprocess.Popen([sys.executable, "-m", "gpcrun", "serve", "--quiet", "-m", str(main), "--lora", str(lora),
+                             "-c", "1024", "-t", "1", "-tb", "1", "-lv", "4", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    ready = False
+    try:
+        end = time.monotonic() + 90
+        while time.monotonic() < end:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            if "ready at" in line:
+                ready = True
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=30)
+    run = next(Path(tmp_path, "home", "runs").iterdir())
+    log = (run / "server.log").read_text(errors="replace")
+    assert ready, log[-2000:]
+    got = [float(m.group(1)) for m in re.finditer(r"CPU\w* LoRA buffer size =\s+([\d.]+) MiB", log)]
+    (line,) = json.loads((run / "plan.json").read_text())["extras"]
+    assert line["kind"] == "lora" and got and abs(line["model_bytes"] / MIB - sum(got)) <= 0.01, (line, got)

@@ -46,8 +46,12 @@ def cases(m: dict[str, str], tmp: Path) -> list[tuple[str, list[str], dict]]:
     tiny, moe, smol = m["tiny-llama-q8_0"], m["tiny-qwen3moe-q8_0"], m["smollm2"]
     keyfile = tmp / "keys.txt"
     keyfile.write_text("key-from-file\n")
+    from gpcrun.model import load_model
+    from tests.gguf_factory import write_lora  # a LoRA adapter for the tiny llama, as convert_lora_to_gguf writes
+    lora = write_lora(tmp / "tiny-lora.gguf", load_model(tiny))
     return [
         ("-m (README: the basic form)", ["-m", smol], {}),
+        ("-m -c 2048 -ngl 99 --port (issue form)", ["-m", smol, "-c", "2048", "-ngl", "99"], {}),
         ("-m -c 2048", ["-m", smol, "-c", "2048"], {}),
         ("-np 4", ["-m", tiny, "-np", "4"], {}),
         ("-c 8192 -np 2", ["-m", tiny, "-c", "8192", "-np", "2"], {}),
@@ -57,6 +61,7 @@ def cases(m: dict[str, str], tmp: Path) -> list[tuple[str, list[str], dict]]:
         ("--jinja", ["-m", smol, "--jinja"], {}),
         ("--alias", ["-m", tiny, "--alias", "my-model"], {}),
         ("-md (draft model)", ["-m", tiny, "-md", m["tiny-llama-f16"]], {}),
+        ("--lora (generated adapter)", ["-m", tiny, "--lora", str(lora)], {}),
         ("--cache-ram 0", ["-m", tiny, "--cache-ram", "0"], {}),
         ("--cache-ram 256", ["-m", tiny, "-cram", "256"], {}),
         ("MoE -m", ["-m", moe], {}),
