@@ -98,7 +98,7 @@ def _model_ref(cfg: RunConfig, sa) -> tuple[str | None, bool]:
 def run(cfg: RunConfig) -> RunResult:
     from .launch.binary import find_tool
     from .launch.run import new_run_dir
-    from .planning import build_request, plan_document, plan_model, resolve_model, server_args
+    from .planning import build_request, plan_with_document, resolve_model, server_args
     env = os.environ if cfg.env is None else cfg.env
     binary = find_tool("llama-server", cfg.server_bin)
     if cfg.plan:
@@ -119,9 +119,9 @@ def run(cfg: RunConfig) -> RunResult:
         if cfg.bench is not None and getattr(cfg.bench, "concurrency", ()):
             slots = max(slots or 1, *cfg.bench.concurrency)
         req = build_request(cfg.ctx, cfg.kv_type, slots, cfg.floor_tok_s, cfg.margin_mib, sa)
-        res.plan = plan = plan_model(model, req, sa=sa)
-        res.plan_doc = plan_document(plan, sa, model, {"ctx": cfg.ctx, "kv_type": cfg.kv_type, "parallel": slots},
-                                     req)
+        plan, res.plan_doc = plan_with_document(model, req, sa, requested={"ctx": cfg.ctx, "kv_type": cfg.kv_type,
+                                                                              "parallel": slots})
+        res.plan = plan
         from .atomic import write_json_atomic
         write_json_atomic(run_dir / "plan.json", res.plan_doc)
         if cfg.on_plan:

@@ -137,22 +137,36 @@ def _extras_and_cache(plan, request, sa):
     return lines, plan_prompt_cache(room_after(plan, lines), request.pinned.cache_ram_mib)
 
 
-def plan_model(model: ResolvedModel, request, target=None, sa=None):
-    """The plan for a resolved model (a hub ref's argv has `-m <header>` until the pipeline downloads it), with
-    the extra files llama-server loads (plan/extras.py) and its host prompt cache (plan/cache.py) accounted."""
+def _planned(model: ResolvedModel, request, target, sa):
+    """(the plan, its extra-file lines, its prompt cache): the extras' headers are read once per plan."""
     from .plan import apply_extras, apply_prompt_cache, make_plan
     target = target if target is not None else build_target()
     plan = make_plan(model.info, target, request, load_calibration(model.info, target, request.pinned))
     lines, pc = _extras_and_cache(plan, request, sa)
-    return apply_prompt_cache(apply_extras(plan, lines), pc)
+    return apply_prompt_cache(apply_extras(plan, lines), pc), lines, pc
+
+
+def plan_model(model: ResolvedModel, request, target=None, sa=None):
+    """The plan for a resolved model (a hub ref's argv has `-m <header>` until the pipeline downloads it), with
+    the extra files llama-server loads (plan/extras.py) and its host prompt cache (plan/cache.py) accounted."""
+    return _planned(model, request, target, sa)[0]
+
+
+def plan_with_document(model: ResolvedModel, request, sa, target=None, requested: dict | None = None):
+    """(plan, plan.json document) in one pass: what serve, bench, batch and `gpcrun plan` write and print."""
+    plan, lines, pc = _planned(model, request, target, sa)
+    return plan, _document(plan, sa, model, requested, lines, pc)
 
 
 def plan_document(plan, sa, model: ResolvedModel, requested: dict | None = None, request=None) -> dict:
-    """plan.json / receipts: the plan, a line for each extra file and the host prompt cache, and every change
-    the plan makes to the user's command line, with its reason."""
-    from .plan import describe_changes
+    """plan.json / receipts for a plan made elsewhere: the plan, a line for each extra file and the host prompt
+    cache, and every change the plan makes to the user's command line, with its reason."""
     request = request if request is not None else build_request(None, None, None, 1.0, None, sa)
-    lines, pc = _extras_and_cache(plan, request, sa)
+    return _document(plan, sa, model, requested, *_extras_and_cache(plan, request, sa))
+
+
+def _document(plan, sa, model: ResolvedModel, requested: dict | None, lines, pc) -> dict:
+    from .plan import describe_changes
     doc = plan.to_json()
     doc["extras"] = [x.to_json() for x in lines]
     doc["prompt_cache"] = pc.to_json()
@@ -171,4 +185,4 @@ def shown_plan(model: ResolvedModel, plan):
 
 
 __all__ = ["ResolvedModel", "UsageError", "build_request", "build_target", "load_calibration", "plan_model",
-           "plan_document", "resolve_model", "server_args", "shown_plan"]
+           "plan_document", "plan_with_document", "resolve_model", "server_args", "shown_plan"]

@@ -32,14 +32,14 @@ def plan_cmd(model, ctx, kv_type, parallel, floor, margin, vram, gpu, refresh, a
     import os
 
     from ..hub import describe
-    from ..planning import (build_request, build_target, plan_document, plan_model, resolve_model, server_args as
-                            parse_args, shown_plan)
+    from ..planning import build_request, build_target, plan_with_document, resolve_model, shown_plan
+    from ..planning import server_args as parse_args
     from .serve_cmd import render_changes
     sa = parse_args(list(server_args), os.environ)
     req = build_request(ctx, kv_type, parallel, floor, margin, sa)
     resolved = resolve_model(model)
-    runnable = plan_model(resolved, req, build_target(vram, gpu, refresh), sa=sa)
-    doc = plan_document(runnable, sa, resolved, {"ctx": ctx, "kv_type": kv_type, "parallel": parallel}, req)
+    runnable, doc = plan_with_document(resolved, req, sa, build_target(vram, gpu, refresh),
+                                       {"ctx": ctx, "kv_type": kv_type, "parallel": parallel})
     changes = doc["changes"]
     plan = shown_plan(resolved, runnable)
     hub = resolved.hub
