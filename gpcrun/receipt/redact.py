@@ -38,8 +38,7 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
 def secret_values(argv: Sequence[str], env: Mapping[str, str]) -> set[str]:
     """The literal secrets in an argv (values of secret options) and an environment (*_TOKEN, *_KEY... values)."""
     sa = ServerArgs.parse(list(argv), strict=False)
-    out = {v for a in sa.items if a.option is not None and a.option.key in settings.SECRET_KEYS for v in a.values
-           if v}
+    out = settings.secret_values(sa)
     out.update(t.split("=", 1)[1] for t in sa.unknown() if "=" in t and t.split("=", 1)[0] in _SECRET_FLAGS
                and t.split("=", 1)[1])
     out.update(v for k, v in env.items() if v and _SECRET_ENV.search(k))

@@ -101,9 +101,6 @@ class ServerArgs:
         """The command-line tokens, verbatim and in order (environment items stay in the environment)."""
         return [t for a in self.items if a.source == "argv" for t in a.tokens()]
 
-    def env_items(self) -> tuple[Arg, ...]:
-        return tuple(a for a in self.items if a.source == "env")
-
     def unknown(self) -> list[str]:
         return [a.token for a in self.items if a.option is None]
 

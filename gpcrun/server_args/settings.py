@@ -87,10 +87,6 @@ def secret_flags(grammar=None) -> frozenset[str]:
     return frozenset(n for o in g.options if o.key in SECRET_KEYS for n in (*o.names, *o.neg_names))
 
 
-def int_or_none(sa: ServerArgs, key: str) -> int | None:
-    return sa.int_value(key)
-
-
 def ngl(sa: ServerArgs) -> int | None:
     """-ngl N|auto|all: None for auto (or unset), 10**6 for all (llama.cpp: -2 = all, -1 = auto)."""
     a = sa.last("gpu-layers")
