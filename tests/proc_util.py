@@ -62,3 +62,34 @@ def limited_child_cgroup(limit_bytes: int, name: str) -> tuple[str, int]:
         os.rmdir(child)
         pytest.skip(f"cannot set a memory limit on {child}: {e}")
     return child, loc.version
+
+
+def serve_until_ready(args: list[str], env: dict, deadline_s: float = 120):
+    """`gpcrun serve --quiet ARGS` until it says 'ready at URL': (the process, the URL). On death or deadline the
+    process group is killed and the test fails with what gpcrun printed."""
+    import signal
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "gpcrun", "serve", "--quiet", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = []
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "ready at" in line:
+            return proc, line.split("ready at ", 1)[1].split(" in ", 1)[0]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    raise AssertionError("gpcrun serve did not become ready:\n" + "".join(lines))
+
+
+def stop_serve(proc) -> str:
+    """SIGTERM to gpcrun serve; it must end cleanly (exit 0). Returns the rest of its stderr."""
+    import signal
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 0, err
+    return err

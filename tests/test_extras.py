@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from gpcrun.launch.run import free_port
 from gpcrun.model import load_model
 from gpcrun.plan import DeviceTarget, Target, make_plan
-from gpcrun.planning import ResolvedModel, build_request, plan_document, plan_model, server_args
+from gpcrun.planning import ResolvedModel, build_request, plan_document, server_args
+from tests.proc_util import serve_until_ready, stop_serve
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -29,18 +26,9 @@ def test_draft_model_lines_match_llama_servers_buffers(llama_server_bin, tiny_mo
     main, draft = tiny_models["tiny-llama-q8_0"], tiny_models["tiny-llama-f16"]
     port = free_port()
     env = dict(os.environ, GPCRUN_HOME=str(tmp_path), GPCRUN_LLAMA_SERVER=str(llama_server_bin))
-    proc = subprocess.Popen([sys.executable, "-m", "gpcrun", "serve", "--quiet", "-m", str(main), "-md", str(draft),
-                             "-c", "4096", "-t", "1", "-tb", "1", "-lv", "4", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        end = time.monotonic() + 90
-        while time.monotonic() < end:
-            line = proc.stderr.readline()
-            if "ready at" in line or not line:
-                break
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.communicate(timeout=30)
+    proc, _ = serve_until_ready(["-m", str(main), "-md", str(draft), "-c", "4096", "-t", "1", "-tb", "1", "-lv", "4",
+                                 "--port", str(port)], env, 90)
+    stop_serve(proc)
     run = next(Path(tmp_path, "runs").iterdir())
     log = (run / "server.log").read_text(errors="replace")
     bufs = _buffers(log[log.index("loading draft model"):])  # the draft context's own buffers
@@ -97,25 +85,11 @@ def test_lora_adapter_line_matches_llama_servers_buffer(llama_server_bin, tiny_m
     lora = write_lora(tmp_path / "tiny-lora.gguf", load_model(str(main)))
     port = free_port()
     env = dict(os.environ, GPCRUN_HOME=str(tmp_path / "home"), GPCRUN_LLAMA_SERVER=str(llama_server_bin))
-    proc = subprocess.Popen([sys.executable, "-m", "gpcrun", "serve", "--quiet", "-m", str(main), "--lora", str(lora),
-                             "-c", "1024", "-t", "1", "-tb", "1", "-lv", "4", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    ready = False
-    try:
-        end = time.monotonic() + 90
-        while time.monotonic() < end:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            if "ready at" in line:
-                ready = True
-                break
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.communicate(timeout=30)
+    proc, _ = serve_until_ready(["-m", str(main), "--lora", str(lora), "-c", "1024", "-t", "1", "-tb", "1", "-lv", "4",
+                                 "--port", str(port)], env, 90)
+    stop_serve(proc)
     run = next(Path(tmp_path, "home", "runs").iterdir())
     log = (run / "server.log").read_text(errors="replace")
-    assert ready, log[-2000:]
     got = [float(m.group(1)) for m in re.finditer(r"CPU\w* LoRA buffer size =\s+([\d.]+) MiB", log)]
     (line,) = json.loads((run / "plan.json").read_text())["extras"]
     assert line["kind"] == "lora" and got and abs(line["model_bytes"] / MIB - sum(got)) <= 0.01, (line, got)

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-import os
-import signal
-import subprocess
-import time
 
 import pytest
 
-from tests.test_hub import GPCRUN, LLAMA, MOE, env, files, gp, gpcrun_home, hub, one_error_line  # noqa: F401
+from tests.proc_util import serve_until_ready, stop_serve
+from tests.test_hub import LLAMA, MOE, env, files, gp, gpcrun_home, hub, one_error_line  # noqa: F401
 
 FAST = ["--", "-t", "1", "-tb", "1"]
 
@@ -41,28 +38,9 @@ def test_refused_hub_ref_is_never_downloaded(hub, run_env, files):  # noqa: F811
 
 def test_serve_a_hub_model_until_sigterm(hub, run_env, tmp_path):  # noqa: F811
     from gpcrun.launch.run import free_port
-    proc = subprocess.Popen([*GPCRUN, "serve", f"{LLAMA}:Q4_K_M", "--ctx", "512", "--quiet", *FAST,
-                             "--port", str(free_port())], env=dict(run_env, GPCRUN_HOME=str(tmp_path)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        lines = []
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "ready at" in line:
-                break
-        assert any("ready at" in ln for ln in lines), "".join(lines)
-        proc.send_signal(signal.SIGTERM)
-        rest = proc.communicate(timeout=60)[1]
-        assert proc.returncode == 0, rest
-        assert "clean_stop" in rest
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    proc, _ = serve_until_ready([f"{LLAMA}:Q4_K_M", "--ctx", "512", *FAST, "--port", str(free_port())],
+                                dict(run_env, GPCRUN_HOME=str(tmp_path)))
+    assert "clean_stop" in stop_serve(proc)
 
 
 def test_offline_with_nothing_cached_is_exit_9(run_env, tmp_path):

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from gpcrun.launch.endpoint import session_for, url_of
 from gpcrun.launch.run import free_port
+from tests.proc_util import serve_until_ready, stop_serve
 
 THREADS = ["-t", "1", "-tb", "1"]
 
@@ -26,29 +24,6 @@ def test_url_of_every_listen_form():
     assert url_of(["s", "--host", "/tmp/a b.sock", "--api-prefix", "/v1/"], {}) == "http+unix://%2Ftmp%2Fa%20b.sock/v1"
     assert url_of(["s", "--ssl-key-file", "k", "--ssl-cert-file", "c"], {}) == "https://127.0.0.1:8080"
     assert url_of(["s"], {"LLAMA_ARG_HOST": "::1", "LLAMA_ARG_API_PREFIX": "/p"}) == "http://[::1]:8080/p"
-
-
-def _serve_until_ready(args: list[str], env: dict, deadline_s: float = 90) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "gpcrun", "serve", "--quiet", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    lines = []
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "ready at" in line:
-            return proc, line.split("ready at ", 1)[1].split(" in ", 1)[0]
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError("".join(lines))
-
-
-def _stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGTERM)
-    err = proc.communicate(timeout=60)[1]
-    assert proc.returncode == 0, err
-    return err
 
 
 @pytest.fixture
@@ -79,7 +54,7 @@ def test_ready_and_reachable(form, env, tiny_models, tmp_path):
     if form == "tls":
         k, c = _tls_files(tmp_path)
         extra += ["--ssl-key-file", k, "--ssl-cert-file", c]
-    proc, url = _serve_until_ready(["-m", str(tiny_models["tiny-llama-q8_0"]), "-c", "512", *THREADS, *extra], env)
+    proc, url = serve_until_ready(["-m", str(tiny_models["tiny-llama-q8_0"]), "-c", "512", *THREADS, *extra], env)
     try:
         with session_for(url, key) as s:
             props = s.get(url + "/props", timeout=10).json()
@@ -91,4 +66,4 @@ def test_ready_and_reachable(form, env, tiny_models, tmp_path):
         if form == "prefix and key":
             assert url.endswith("/llm")
     finally:
-        _stop(proc)
+        stop_serve(proc)
