@@ -110,8 +110,9 @@ def build_target(vram: Sequence[int] = (), gpu: Sequence[str] = (), refresh: boo
     return target_from_profile(doc, vram_mib=list(vram), specs=specs)
 
 
-def extras_for(sa, target, ngl: int) -> tuple:
-    """The extra files llama-server loads (draft model, LoRA adapters, control vectors, projector), headers read."""
+def extras_for(sa, target, ngl: int, model: ResolvedModel | None = None) -> tuple:
+    """The extra files llama-server loads (draft model, LoRA adapters, control vectors, projector), headers read.
+    With llama-server's own -hf, the repo's projector that -hf loads beside the model (hub "mmproj") is one."""
     from .model import load_model
     from .plan import Extra
     from .server_args import settings
@@ -124,15 +125,20 @@ def extras_for(sa, target, ngl: int) -> tuple:
                  settings.cache_type(sa, "spec-draft-type-v") or "f16") for p in files["draft"]]
     out += [Extra("lora", p, load_model(p), gpu_layers) for p in files["lora"]]
     out += [Extra("control_vector", p, load_model(p), gpu_layers) for p in files["control_vector"]]
-    offload = sa.flag("mmproj-offload") is not False
-    out += [Extra("mmproj", p, load_model(p), offload and bool(target.gpus)) for p in files["mmproj"]]
+    offload = settings.mmproj_offload(sa) and bool(target.gpus)
+    out += [Extra("mmproj", p, load_model(p), offload) for p in files["mmproj"]]
+    hub = model.hub if model is not None else None
+    if hub and hub.get("mmproj") and settings.model_source(sa).kind == "hf" and settings.mmproj_auto(sa):
+        from .hub import load_ref_header
+        ref = f"hf://{hub['repo']}@{hub['commit']}/{hub['mmproj']}"
+        out.append(Extra("mmproj", ref, load_ref_header(ref)[0], offload))
     return tuple(out)
 
 
-def _extras_and_cache(plan, request, sa):
+def _extras_and_cache(plan, request, sa, model: ResolvedModel | None = None):
     from .plan import extra_lines, plan_prompt_cache, room_after
     ev = plan.chosen or plan.nearest
-    extras = extras_for(sa, plan.target, ev.placement.ngl if ev else 0) if sa is not None else ()
+    extras = extras_for(sa, plan.target, ev.placement.ngl if ev else 0, model) if sa is not None else ()
     lines = extra_lines(plan, extras, plan.target, request)
     return lines, plan_prompt_cache(room_after(plan, lines), request.pinned.cache_ram_mib)
 
@@ -142,7 +148,7 @@ def _planned(model: ResolvedModel, request, target, sa):
     from .plan import apply_extras, apply_prompt_cache, make_plan
     target = target if target is not None else build_target()
     plan = make_plan(model.info, target, request, load_calibration(model.info, target, request.pinned))
-    lines, pc = _extras_and_cache(plan, request, sa)
+    lines, pc = _extras_and_cache(plan, request, sa, model)
     return apply_prompt_cache(apply_extras(plan, lines), pc), lines, pc
 
 
@@ -162,7 +168,7 @@ def plan_document(plan, sa, model: ResolvedModel, requested: dict | None = None,
     """plan.json / receipts for a plan made elsewhere: the plan, a line for each extra file and the host prompt
     cache, and every change the plan makes to the user's command line, with its reason."""
     request = request if request is not None else build_request(None, None, None, 1.0, None, sa)
-    return _document(plan, sa, model, requested, *_extras_and_cache(plan, request, sa))
+    return _document(plan, sa, model, requested, *_extras_and_cache(plan, request, sa, model))
 
 
 def _document(plan, sa, model: ResolvedModel, requested: dict | None, lines, pc) -> dict:

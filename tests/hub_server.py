@@ -4,6 +4,7 @@ Serves, on 127.0.0.1, model repos made of local files:
 
 - GET  /api/models/{owner}/{repo}[/revision/{rev}]   JSON {id, sha, siblings, ...} (HfApi.model_info)
 - GET  /api/models/{owner}/{repo}/tree/{rev}[/{path}] JSON [{type, path, size, oid, lfs}] (?recursive=true)
+- GET  /api/models/{owner}/{repo}/refs                JSON {branches, tags} (llama.cpp's own -hf download)
 - HEAD|GET /{owner}/{repo}/resolve/{rev}/{path}      the file, like the Hub: a .gguf (an LFS file) answers
   302 to a "CDN" URL on another host name (localhost instead of 127.0.0.1) carrying X-Repo-Commit,
   X-Linked-Size, X-Linked-Etag; other files answer 200 directly. Range requests get 206 + Content-Range.
@@ -225,6 +226,12 @@ class _Handler(BaseHTTPRequestHandler):
                                "disabled": False, "downloads": 0, "likes": 0, "tags": ["gguf"],
                                "lastModified": "2026-01-01T00:00:00.000Z", "createdAt": "2026-01-01T00:00:00.000Z",
                                "siblings": siblings})
+        if tail == ["refs"]:  # llama.cpp's common/hf-cache.cpp get_repo_commit: {"branches": [{name, targetCommit}]}
+            branches = [{"name": n, "ref": "refs/heads/" + n, "targetCommit": c} for n, c in sorted(repo.refs.items())
+                        if n == "main"]
+            tags = [{"name": n, "ref": "refs/tags/" + n, "targetCommit": c} for n, c in sorted(repo.refs.items())
+                    if n != "main"]
+            return self._json({"branches": branches, "tags": tags, "converts": []})
         if tail[0] == "tree" and len(tail) >= 2:
             commit = self._commit(repo, tail[1])
             if commit is None:

@@ -59,3 +59,49 @@ def test_serve_with_llama_servers_own_hf_flag_plans_from_the_header(hub, run_env
     assert hub.bytes_served(MOE, "sub/tiny-qwen3moe-q8_0.gguf") < files["tiny-qwen3moe-q8_0"].stat().st_size
     plan = json.loads(sorted((Path(run_env["GPCRUN_HOME"]) / "runs").glob("*/plan.json"))[-1].read_text())
     assert "-m" not in plan["argv"] and plan["argv"][plan["argv"].index("-hf") + 1] == f"{MOE}:Q8_0"
+
+
+def _last_plan(run_env) -> dict:
+    return json.loads(sorted((Path(run_env["GPCRUN_HOME"]) / "runs").glob("*/plan.json"))[-1].read_text())
+
+
+def test_hf_plans_the_projector_llama_server_loads_beside_the_model(hub, run_env, files):  # noqa: F811
+    """llama-server's -hf also loads the repo's mmproj* file (common/download.cpp find_best_mmproj) unless
+    --no-mmproj/--mmproj: the plan has a line for it, read by range requests like the model's header."""
+    size = files["tiny-llama-f16"].stat().st_size
+    gp(run_env, "serve", "-hf", f"{LLAMA}:Q8_0", "-c", "100000000", *FAST[1:], rc=10)
+    lines = [x for x in _last_plan(run_env)["extras"] if x["kind"] == "mmproj"]
+    assert [x["path"] for x in lines] == [f"hf://{LLAMA}@{hub.repos[LLAMA].refs['main']}/mmproj-tiny-llama-f16.gguf"]
+    assert 0 < lines[0]["model_bytes"] < size and hub.bytes_served(LLAMA, "mmproj-tiny-llama-f16.gguf") < size
+    for off in (["--no-mmproj"], ["--mmproj-auto", "--no-mmproj-auto"]):
+        gp(run_env, "serve", "-hf", f"{LLAMA}:Q8_0", *off, "-c", "100000000", *FAST[1:], rc=10)
+        assert not [x for x in _last_plan(run_env)["extras"] if x["kind"] == "mmproj"], off
+    gp(dict(run_env, LLAMA_ARG_MMPROJ_AUTO="0"), "serve", "-hf", f"{LLAMA}:Q8_0", "-c", "100000000", *FAST[1:], rc=10)
+    assert not [x for x in _last_plan(run_env)["extras"] if x["kind"] == "mmproj"]
+    gp(run_env, "serve", f"{LLAMA}:Q8_0", "--ctx", "100000000", *FAST, rc=10)  # gpcrun downloads: llama-server gets -m
+    assert not [x for x in _last_plan(run_env)["extras"] if x["kind"] == "mmproj"]
+
+
+def test_llama_server_downloads_its_own_hf_model_under_gpcrun(hub, run_env, files, tmp_path):  # noqa: F811
+    """End to end: `gpcrun serve -hf REPO:QUANT` plans from ranged header reads, then llama-server itself downloads
+    the model from the (fake) hub (MODEL_ENDPOINT/HF_ENDPOINT, api/models/REPO/refs and /tree, common/hf-cache.cpp)
+    into its HF cache and serves it with its own defaults (-np auto: 4 slots)."""
+    import requests
+
+    from gpcrun.launch.run import free_port
+    env = dict(run_env, GPCRUN_HOME=str(tmp_path / "home"))
+    env.pop("LLAMA_CACHE", None)
+    hub.reset()
+    proc, url = serve_until_ready(["-hf", f"{MOE}:Q8_0", "-c", "512", *FAST[1:], "--port", str(free_port())], env)
+    try:
+        props = requests.get(url + "/props", timeout=10).json()
+    finally:
+        stop_serve(proc)
+    assert props["total_slots"] == 4 and props["default_generation_settings"]["n_ctx"] == 512
+    got = list(Path(env["HF_HOME"]).glob("hub/models--gpcrun-test--tiny-qwen3moe-GGUF/snapshots/*/sub/"
+                                          "tiny-qwen3moe-q8_0.gguf"))
+    want = files["tiny-qwen3moe-q8_0"]
+    assert len(got) == 1 and got[0].read_bytes() == want.read_bytes()
+    assert any(r.path.startswith(f"/api/models/{MOE}/refs") for r in hub.requests)  # llama.cpp's own listing call
+    plan = _last_plan(env)
+    assert plan["argv"][plan["argv"].index("-hf") + 1] == f"{MOE}:Q8_0" and "-m" not in plan["argv"]

@@ -17,11 +17,11 @@ from __future__ import annotations
 from ..model.source import KIB, MAX_READAHEAD, MIB, PROBE_READ
 from ..model.sparse import INITIAL_READ, SKIP_MIN_BYTES
 from .http import MAX_HEADER_READ, _fetch_header, _RemoteFile
-from .refs import DEFAULT_QUANTS, HubRef, is_hub_ref, parse_ref, quant_tag, select_files
+from .refs import DEFAULT_QUANTS, HubRef, is_hub_ref, parse_ref, quant_tag, select_files, select_sibling
 from .resolve import describe, download_model, hub_argv, load_ref_header, resolve
 
 __all__ = [
     "DEFAULT_QUANTS", "INITIAL_READ", "KIB", "MAX_HEADER_READ", "MAX_READAHEAD", "MIB", "PROBE_READ",
     "SKIP_MIN_BYTES", "HubRef", "describe", "download_model", "hub_argv", "is_hub_ref", "load_ref_header",
-    "parse_ref", "quant_tag", "resolve", "select_files", "_RemoteFile", "_fetch_header",
+    "parse_ref", "quant_tag", "resolve", "select_files", "select_sibling", "_RemoteFile", "_fetch_header",
 ]

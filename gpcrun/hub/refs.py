@@ -123,3 +123,30 @@ def select_files(ref: HubRef, listing: list[str]) -> list[str]:
         avail = ", ".join(tags) if tags else ", ".join(models)
         raise HubError(f"{where}: no .gguf file matches quant {ref.quant!r}; available: {avail}")
     return _with_shards(ref.repo, next(p for p in models if _is_first_shard(p)), listing)
+
+
+def _quant_bits(tag: str | None) -> int:
+    """llama.cpp's extract_quant_bits: the first number of the tag (Q4_K_M -> 4, F16 -> 16), 0 without one."""
+    m = re.search(r"\d+", tag or "")
+    return int(m.group()) if m else 0
+
+
+def select_sibling(model: str, listing: list[str], keyword: str = "mmproj", tag: str = "") -> str | None:
+    """The sidecar file llama-server's -hf loads beside `model` (common/download.cpp find_best_sibling; for the
+    projector find_best_mmproj calls it with keyword "mmproj" and no tag): a .gguf whose path contains keyword,
+    in the model's directory or one above it; the deepest shared directory wins, then an exact "-TAG." match,
+    then the quant bits closest to the tag's (or the model file's); the first in listing order on a tie."""
+    model_dir = model.split("/")[:-1]
+    want_bits = _quant_bits(tag.upper()) if tag else _quant_bits(quant_tag(model))
+    best, best_key = None, None
+    for f in listing:
+        if not f.endswith(".gguf") or keyword not in f:
+            continue
+        sib_dir = f.split("/")[:-1]
+        if sib_dir != model_dir[:len(sib_dir)]:  # std::mismatch: the sibling's directory must prefix the model's
+            continue
+        exact = bool(tag) and f"-{tag.upper()}." in f.upper()
+        key = (len(sib_dir), exact, -abs(_quant_bits(quant_tag(f)) - want_bits))
+        if best_key is None or key > best_key:
+            best, best_key = f, key
+    return best

@@ -26,7 +26,7 @@ from ..model.sparse import INITIAL_READ
 from ..paths import cache_dir
 from .http import (_endpoint, _fetch_header, _hf_http_error_types, _hub_error, _network_error, _RemoteFile,
                    _session_and_headers)
-from .refs import HubRef, parse_ref, select_files
+from .refs import HubRef, parse_ref, select_files, select_sibling
 
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
@@ -38,6 +38,7 @@ class _Resolved:
     files: list[str]
     online: bool  # False: from the cache (offline, or the hub unreachable)
     warning: str | None = None  # printed once the ref was served from the cache
+    listing: tuple[str, ...] = ()  # every file of the repo at commit
 
 
 def _offline() -> bool:
@@ -115,11 +116,11 @@ def resolve(ref: HubRef) -> _Resolved:
         if cached is None:
             raise HubError(f"{ref.text}: HF_HUB_OFFLINE=1 and nothing is cached for this ref"
                            " (run once online, or download it)")
-        return _Resolved(ref, cached[0], select_files(ref, cached[1]), False)
+        return _Resolved(ref, cached[0], select_files(ref, cached[1]), False, listing=tuple(cached[1]))
     if ref.revision and _COMMIT_RE.match(ref.revision):  # a commit never changes: no revision check
         cached = _cached_listing(ref)
         if cached is not None:
-            return _Resolved(ref, cached[0], select_files(ref, cached[1]), True)
+            return _Resolved(ref, cached[0], select_files(ref, cached[1]), True, listing=tuple(cached[1]))
     try:
         commit, listing = _remote_listing(ref)
     except HubError:
@@ -130,10 +131,10 @@ def resolve(ref: HubRef) -> _Resolved:
             if cached is not None:
                 return _Resolved(ref, cached[0], select_files(ref, cached[1]), False,
                                  f"cannot reach {_endpoint()} ({type(e).__name__}); used the cached"
-                                 f" {ref.repo}@{cached[0][:12]}")
+                                 f" {ref.repo}@{cached[0][:12]}", tuple(cached[1]))
         raise _hub_error(ref.text, e) from None
     _save_listing(ref, commit, listing)
-    return _Resolved(ref, commit, select_files(ref, listing), True)
+    return _Resolved(ref, commit, select_files(ref, listing), True, listing=tuple(listing))
 
 
 # ----------------------------------------------------------------------------------------------- header cache
@@ -200,7 +201,8 @@ def load_ref_header(ref: str) -> tuple[ModelInfo, dict]:
     Returns (ModelInfo, hub info). The ModelInfo's paths are the cached header files (exactly header_bytes
     long, so header_sha256 works on them) or, when download_model already fetched the model, the HF cache's
     files. hub info: {"ref", "repo", "revision", "commit", "files", "file_sizes", "bytes_read", "requests",
-    "cached", "sources", "synthetic"}: bytes_read/requests are what this call read over HTTP (0 from the cache)."""
+    "cached", "sources", "synthetic", "mmproj"}: bytes_read/requests are what this call read over HTTP (0 from the
+    cache); mmproj is the projector llama-server's own -hf would load beside the model (refs.select_sibling)."""
     r = parse_ref(ref)
     res = resolve(r)
     session = headers = None
@@ -248,7 +250,8 @@ def load_ref_header(ref: str) -> tuple[ModelInfo, dict]:
         print(f"gpcrun: warning: {res.warning}", file=sys.stderr)
     hub = {"ref": r.text, "repo": r.repo, "revision": r.revision, "commit": res.commit, "files": list(res.files),
            "file_sizes": sizes, "bytes_read": bytes_read, "requests": requests_made,
-           "cached": all(s != "hub" for s in sources), "sources": sources, "synthetic": synthetic}
+           "cached": all(s != "hub" for s in sources), "sources": sources, "synthetic": synthetic,
+           "mmproj": select_sibling(res.files[0], list(res.listing), "mmproj")}
     return info, hub
 
 

@@ -144,3 +144,14 @@ def files(sa: ServerArgs) -> dict[str, list[str]]:
             "mmproj": sa.values("mmproj"),
             "lora": csv("lora") + [x.rsplit(":", 1)[0] for x in csv("lora-scaled")],
             "control_vector": csv("control-vector") + [x.rsplit(":", 1)[0] for x in csv("control-vector-scaled")]}
+
+
+def mmproj_auto(sa: ServerArgs) -> bool:
+    """Whether llama-server's -hf also loads the repo's projector (common/arg.cpp: download_mmproj unless
+    --no-mmproj, --mmproj or --mmproj-url)."""
+    return sa.flag("mmproj-auto") is not False and not sa.value("mmproj") and not sa.value("mmproj-url")
+
+
+def mmproj_offload(sa: ServerArgs) -> bool:
+    """The projector goes to the GPU unless --no-mmproj-offload or -mmdev none (common/arg.cpp)."""
+    return sa.flag("mmproj-offload") is not False and sa.value("mmproj-device") != "none"
