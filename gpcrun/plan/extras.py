@@ -6,8 +6,9 @@ control vectors and a multimodal projector (--mmproj) (pure; their headers are r
   memory_map) with -ngld layers on the GPU (default auto: all of them when a GPU is present).
 - LoRA adapters and control vectors: their tensors, held beside the base weights (on the GPU when the model's
   layers are there, else in host memory).
-- Projector (mtmd): its weights on the first GPU unless --no-mmproj-offload (else host). Its encoder's compute
-  buffer depends on the image size and is not estimated: the line says so.
+- Projector (mtmd): its weights on the first GPU unless --no-mmproj-offload (else host), and its encoder's
+  compute buffer for the warm-up image (plan/encoder.py: replayed for the LLaVA 'mlp' graph; other projector
+  types: None, and the line says so).
 Each is its own line in plan.json (`extras`), and checked against the room the main plan leaves on its device.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .constants import MIB
+from .encoder import projector_compute_bytes
 from .kv import context_bytes_by_device
 from .layout import LayoutTable
 from .memory import memory_map
@@ -40,7 +42,7 @@ class ExtraLine:
     device: str
     model_bytes: int
     context_bytes: int
-    compute_bytes: int | None  # None: not estimated (a projector's encoder)
+    compute_bytes: int | None  # None: not estimated (a projector type whose encoder graph is not replayed)
     note: str = ""
 
     @property
@@ -65,8 +67,11 @@ def extra_lines(plan: Plan, extras: tuple[Extra, ...], target: Target, req: Requ
             out.extend(_draft_lines(x, pl, target, req))
             continue
         dev = gpu if (x.on_gpu and gpu) else target.host.name
-        note = "encoder compute not estimated (depends on the image size)" if x.kind == "mmproj" else ""
-        out.append(ExtraLine(x.kind, x.path, dev, x.info.tensor_bytes, 0, None if x.kind == "mmproj" else 0, note))
+        compute, note = 0, ""
+        if x.kind == "mmproj":  # mtmd follows llama-server's -fa (server-context.cpp: mparams.flash_attn_type)
+            compute, note = projector_compute_bytes(x.info, flash=req.pinned.flash_attn not in ("off", "0", "false"),
+                                                    alignment=128 if dev == gpu else 32)
+        out.append(ExtraLine(x.kind, x.path, dev, x.info.tensor_bytes, 0, compute, note))
     return out
 
 

@@ -37,12 +37,31 @@ def models() -> dict[str, str]:
     out = subprocess.run([sys.executable, "scripts/gen_models.py", "--quantize", str(quant)], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     m = {k: str(v) for k, v in json.loads(out)["models"].items()}
+    from gpcrun.model import load_model
+    from tests.mmproj_factory import write_mmproj  # a LLaVA-1.5 'mlp' projector for the tiny llama
+    d = Path(m["tiny-llama-q8_0"]).parent
+    m["mmproj"] = str(write_mmproj(d / "mmproj-tiny-llama-F16.gguf", load_model(m["tiny-llama-q8_0"]).facts[
+        "embedding_length"], image_size=336, n_embd=128, n_ff=256))
     m["smollm2"] = subprocess.run([sys.executable, "scripts/fetch_demo_model.py"], cwd=ROOT, capture_output=True,
                                   text=True, check=True).stdout.strip().splitlines()[-1]
     return m
 
 
-def cases(m: dict[str, str], tmp: Path) -> list[tuple[str, list[str], dict]]:
+def fake_hub(m: dict[str, str], tmp: Path):
+    """A local fake of the Hugging Face Hub (tests/hub_server.py) holding the tiny llama and its generated projector,
+    for -hf: llama-server downloads both from it itself (HF_ENDPOINT) into an HF cache under tmp."""
+    from tests.hub_server import FakeHub, env_for
+    hub = FakeHub()
+    hub.add_repo(HF_REPO, {"tiny-llama-Q8_0.gguf": m["tiny-llama-q8_0"], "mmproj-tiny-llama-F16.gguf": m["mmproj"]})
+    hub.start()
+    env = env_for(hub, tmp)
+    return hub, {k: env[k] for k in ("HF_ENDPOINT", "HF_HOME", "GPCRUN_CACHE", "NO_PROXY", "no_proxy")}
+
+
+HF_REPO = "gpcrun-dropin/tiny-llama-GGUF"
+
+
+def cases(m: dict[str, str], tmp: Path, hub_env: dict) -> list[tuple[str, list[str], dict]]:
     tiny, moe, smol = m["tiny-llama-q8_0"], m["tiny-qwen3moe-q8_0"], m["smollm2"]
     keyfile = tmp / "keys.txt"
     keyfile.write_text("key-from-file\n")
@@ -53,6 +72,7 @@ def cases(m: dict[str, str], tmp: Path) -> list[tuple[str, list[str], dict]]:
         ("-m (README: the basic form)", ["-m", smol], {}),
         ("-m -c 2048 -ngl 99 --port (issue form)", ["-m", smol, "-c", "2048", "-ngl", "99"], {}),
         ("-m -c 2048", ["-m", smol, "-c", "2048"], {}),
+        ("-hf (fake hub, + projector)", ["-hf", f"{HF_REPO}:Q8_0"], hub_env),
         ("-np 4", ["-m", tiny, "-np", "4"], {}),
         ("-c 8192 -np 2", ["-m", tiny, "-c", "8192", "-np", "2"], {}),
         ("-c 4096 -np 2 -kvu", ["-m", tiny, "-c", "4096", "-np", "2", "-kvu"], {}),
@@ -62,6 +82,9 @@ def cases(m: dict[str, str], tmp: Path) -> list[tuple[str, list[str], dict]]:
         ("--alias", ["-m", tiny, "--alias", "my-model"], {}),
         ("-md (draft model)", ["-m", tiny, "-md", m["tiny-llama-f16"]], {}),
         ("--lora (generated adapter)", ["-m", tiny, "--lora", str(lora)], {}),
+        ("--mmproj (generated projector)", ["-m", tiny, "--mmproj", m["mmproj"]], {}),
+        ("--mmproj --no-mmproj-offload", ["-m", tiny, "--mmproj", m["mmproj"], "--no-mmproj-offload"], {}),
+        ("-hf --no-mmproj", ["-hf", f"{HF_REPO}:Q8_0", "--no-mmproj"], hub_env),
         ("--cache-ram 0", ["-m", tiny, "--cache-ram", "0"], {}),
         ("--cache-ram 256", ["-m", tiny, "-cram", "256"], {}),
         ("MoE -m", ["-m", moe], {}),
@@ -194,6 +217,57 @@ def prompt_cache_growth(server: str, model: str, home: Path, cram: str | None, n
             "planned_mib": round(planned / 2**20, 1), "inside_plan": max(rss) <= planned}
 
 
+_LOG_FIGURES = [  # (plan line, field, llama-server's own log line at -lv 4)
+    ("model", "model_bytes", r"CPU_Mapped model buffer size =\s+([\d.]+) MiB"),
+    ("model", "context_bytes", r"CPU KV buffer size =\s+([\d.]+) MiB"),
+    ("model", "compute_bytes", r"CPU compute buffer size =\s+([\d.]+) MiB"),
+    ("lora", "model_bytes", r"CPU\w* LoRA buffer size =\s+([\d.]+) MiB"),
+    ("mmproj", "model_bytes", r"load_hparams: model size:\s+([\d.]+) MiB"),
+    ("mmproj", "compute_bytes", r"reserve_compute_meta:\s+CPU compute buffer size =\s+([\d.]+) MiB"),
+]
+
+
+def memory_table(server: str, m: dict[str, str], tmp: Path, hub_env: dict) -> list[dict]:
+    """Each case once through `gpcrun serve ... -lv 4`: every line of plan.json (the model's, each extra file's)
+    beside the figure llama-server prints for the same buffer. The draft model's lines are read after
+    llama-server's 'loading draft model'."""
+    import re
+
+    from gpcrun.model import load_model
+    from tests.gguf_factory import write_lora
+    lora = write_lora(tmp / "mem-lora.gguf", load_model(m["tiny-llama-q8_0"]))
+    tiny = m["tiny-llama-q8_0"]
+    rows = []
+    for name, args, env_extra in [("-m", ["-m", tiny], {}), ("-md", ["-m", tiny, "-md", m["tiny-llama-f16"]], {}),
+                                  ("--lora", ["-m", tiny, "--lora", str(lora)], {}),
+                                  ("--mmproj", ["-m", tiny, "--mmproj", m["mmproj"]], {}),
+                                  ("-hf (+ projector)", ["-hf", f"{HF_REPO}:Q8_0"], hub_env)]:
+        home = tmp / f"mem-{len(rows)}"
+        env = dict(os.environ, GPCRUN_HOME=str(home), GPCRUN_LLAMA_SERVER=server, **env_extra)
+        a = [*args, "-c", "2048", *T, "-lv", "4", "--port", str(free_port())]
+        proc = _start([sys.executable, "-m", "gpcrun", "serve", "--quiet", *a], env)
+        _observe(proc, [server, *a], env, None)
+        _stop(proc)
+        run = next((home / "runs").iterdir())
+        plan = json.loads((run / "plan.json").read_text())
+        log = (run / "server.log").read_text(errors="replace")
+        main_log, _, draft_log = log.partition("loading draft model")
+        host = next(x for x in plan["plan"]["memory"] if x["kind"] == "host")
+        lines = [("model", host, main_log)] + [(x["kind"], x, draft_log if x["kind"] == "draft" else log)
+                                                for x in plan["extras"]]
+        for kind, line, text in lines:
+            for want_kind, field, pat in _LOG_FIGURES:
+                if want_kind != ("model" if kind == "draft" else kind):
+                    continue
+                got = [float(x) for x in re.findall(pat, text)]
+                if kind in ("model", "draft") and got:
+                    got = got[:1]  # the first context's (main, or the draft's after its marker)
+                rows.append({"case": name, "line": kind, "field": field,
+                             "plan_mib": None if line.get(field) is None else round(line[field] / 2**20, 2),
+                             "llama_server_mib": round(sum(got), 2) if got else None})
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default=None)
@@ -201,8 +275,22 @@ def main() -> int:
     ap.add_argument("--prompt-cache", type=int, default=0, metavar="N",
                     help="instead: N distinct prompts through gpcrun serve, default and -cram 128, RSS vs plan")
     ap.add_argument("--prompt-tokens", type=int, default=1000)
+    ap.add_argument("--memory", action="store_true",
+                    help="instead: the plan's lines (model, draft, LoRA, projector) beside llama-server's own (-lv 4)")
     a = ap.parse_args()
     server = str(find_tool("llama-server"))
+    if a.memory:
+        with tempfile.TemporaryDirectory(prefix="gpcrun-dropin-") as d:
+            m = models()
+            hub, hub_env = fake_hub(m, Path(d))
+            rows = memory_table(server, m, Path(d), hub_env)
+            hub.stop()
+        print(f"{'case':18s} {'line':7s} {'field':14s} {'plan MiB':>9s} {'llama-server MiB':>17s}  diff")
+        for r in rows:
+            p, g = r["plan_mib"], r["llama_server_mib"]
+            diff = "" if p is None or g is None else f"{p - g:+.2f}"
+            print(f"{r['case']:18s} {r['line']:7s} {r['field']:14s} {p!s:>9s} {g!s:>17s}  {diff}")
+        return 0
     if a.prompt_cache:
         smol = models()["smollm2"]
         with tempfile.TemporaryDirectory(prefix="gpcrun-dropin-") as d:
@@ -214,7 +302,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gpcrun-dropin-") as d:
         tmp = Path(d)
         rows = []
-        for name, args, env in cases(models(), tmp):
+        m = models()
+        hub, hub_env = fake_hub(m, tmp)
+        for name, args, env in cases(m, tmp, hub_env):
             if a.only and a.only not in name:
                 continue
             r = run_case(server, name, args, env, tmp / "home")
@@ -227,6 +317,7 @@ def main() -> int:
                 if r.get("gpcrun_said"):
                     print(f"{'':28s}   {r['gpcrun_said']}")
                 sys.stdout.flush()
+        hub.stop()
     if a.json:
         print(json.dumps(rows, indent=1))
     same = sum(r["verdict"].startswith("same") for r in rows)
