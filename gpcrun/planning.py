@@ -120,9 +120,16 @@ def extras_for(sa, target, ngl: int, model: ResolvedModel | None = None) -> tupl
     gpu_layers = bool(target.gpus) and ngl > 0
     ngld = sa.value("spec-draft-ngl")
     ngld = None if ngld in (None, "auto", "-1") else (10 ** 6 if ngld in ("all", "-2") else int(ngld))
-    out = [Extra("draft", p, load_model(p), bool(target.gpus), ngld,
+    draft_info = [(p, load_model(p)) for p in files["draft"]]
+    # -hfd REPO[:QUANT]: llama-server downloads the draft (common/arg.cpp plan_spec), gpcrun reads its header by
+    # range requests. A draft repo that ships an mtp-/eagle3-/dflash-/dspark- sidecar makes llama-server load the
+    # sidecar instead: the plan then holds the full draft model, more than is loaded.
+    if files["draft_hf"] and not files["draft"]:
+        from .hub import load_ref_header
+        draft_info += [(r, load_ref_header(r)[0]) for r in files["draft_hf"][-1:]]
+    out = [Extra("draft", p, info, bool(target.gpus), ngld,
                  settings.cache_type(sa, "spec-draft-type-k") or "f16",
-                 settings.cache_type(sa, "spec-draft-type-v") or "f16") for p in files["draft"]]
+                 settings.cache_type(sa, "spec-draft-type-v") or "f16") for p, info in draft_info]
     out += [Extra("lora", p, load_model(p), gpu_layers) for p in files["lora"]]
     out += [Extra("control_vector", p, load_model(p), gpu_layers) for p in files["control_vector"]]
     offload = settings.mmproj_offload(sa) and bool(target.gpus)

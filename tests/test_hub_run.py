@@ -105,3 +105,21 @@ def test_llama_server_downloads_its_own_hf_model_under_gpcrun(hub, run_env, file
     assert any(r.path.startswith(f"/api/models/{MOE}/refs") for r in hub.requests)  # llama.cpp's own listing call
     plan = _last_plan(env)
     assert plan["argv"][plan["argv"].index("-hf") + 1] == f"{MOE}:Q8_0" and "-m" not in plan["argv"]
+
+
+def test_hf_draft_model_is_planned_and_served(hub, run_env, files, tmp_path):  # noqa: F811
+    """-hfd REPO:QUANT: the draft's header is read by range requests and planned as the draft line; llama-server
+    downloads main and draft itself and serves with both."""
+    from gpcrun.launch.run import free_port
+    env = dict(run_env, GPCRUN_HOME=str(tmp_path / "home"))
+    env.pop("LLAMA_CACHE", None)
+    hub.reset()
+    proc, _ = serve_until_ready(["-hf", f"{LLAMA}:Q8_0", "--no-mmproj", "-hfd", f"{LLAMA}:Q4_K_M", "-c", "1024",
+                                 *FAST[1:], "--port", str(free_port())], env)
+    stop_serve(proc)
+    run = max((Path(env["GPCRUN_HOME"]) / "runs").iterdir())
+    assert "loading draft model" in (run / "server.log").read_text(errors="replace")
+    draft = [x for x in _last_plan(env)["extras"] if x["kind"] == "draft"]
+    assert draft and draft[0]["path"] == f"{LLAMA}:Q4_K_M" and draft[0]["model_bytes"] > 0
+    assert hub.bytes_served(LLAMA, "tiny-llama-q4_k_m.gguf") >= files["tiny-llama-q4_k_m"].stat().st_size
+    assert hub.bytes_served(LLAMA, "mmproj-tiny-llama-f16.gguf") == 0  # --no-mmproj: neither plans nor loads it
