@@ -18,6 +18,9 @@ class GpuSpec:
     bandwidth_bytes_per_s: float
     fp16_tflops: float  # dense tensor-core FP16 with FP32 accumulate, no sparsity
     source: str
+    # decode cost per layer beyond its bytes at batch 1 (kernel launches, syncs), measured where known; None:
+    # the planner's default (plan/constants.py GPU_LAYER_OVERHEAD_S)
+    layer_fixed_s: float | None = None
 
 
 _SPECS = [
@@ -36,7 +39,10 @@ _SPECS = [
     GpuSpec("A100 80GB", 80 * GIB, 2039e9, 312.0, "NVIDIA A100 datasheet (SXM4 80GB)"),
     GpuSpec("H100 PCIe", 80 * GIB, 2000e9, 756.0, "NVIDIA H100 datasheet (PCIe 80GB)"),
     GpuSpec("H100 SXM", 80 * GIB, 3350e9, 989.0, "NVIDIA H100 datasheet (SXM5 80GB)"),
-    GpuSpec("H200", 141 * GIB, 4800e9, 989.0, "NVIDIA H200 datasheet (SXM 141GB)"),
+    # layer_fixed_s from shared/gpu-facts.md: all 48 layers of a Qwen3-30B-A3B-shaped Q4_0/Q8_0 MoE on the GPU
+    # decode 265.0 tok/s = 3.774 ms/token, of which 2.256 GB at 4.8 TB/s x 0.6 = 0.783 ms: (3.774 - 0.783) / 48
+    # (tests/test_forecast.py derives it again from the table)
+    GpuSpec("H200", 141 * GIB, 4800e9, 989.0, "NVIDIA H200 datasheet (SXM 141GB)", 62.3e-6),
 ]
 GPU_SPECS: dict[str, GpuSpec] = {s.name.lower(): s for s in _SPECS}
 

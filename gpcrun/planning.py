@@ -96,7 +96,7 @@ def load_calibration(info, target, pinned):
     return load(info, target, argv_threads(pinned.passthrough))
 
 
-def build_target(vram: Sequence[int] = (), gpu: Sequence[str] = (), refresh: bool = False):
+def build_target(vram: Sequence[int] = (), gpu: Sequence[str] = (), refresh: bool = False, types: Sequence[str] = ()):
     """This machine (the measured profile), or hypothetical GPUs (--gpu NAME spec sheets, --vram MiB free)."""
     from .hardware.profile import get_profile
     from .targets import target_from_profile
@@ -107,7 +107,36 @@ def build_target(vram: Sequence[int] = (), gpu: Sequence[str] = (), refresh: boo
             raise UnknownGpuError(f"unknown GPU {name!r}; known: " + ", ".join(s.name for s in GPU_SPECS.values()))
         specs.append(spec)
     doc = get_profile(refresh=refresh).to_json()
-    return target_from_profile(doc, vram_mib=list(vram), specs=specs)
+    return target_from_profile(doc, vram_mib=list(vram), specs=specs, calibration=host_calibration(doc, types))
+
+
+def model_types(info, share: float = 0.1) -> tuple[str, ...]:
+    """The weight types holding at least `share` of a model's bytes: the ones worth calibrating for it."""
+    mix = info.quant_mix()
+    total = sum(mix.values()) or 1
+    return tuple(t for t, b in mix.items() if b >= share * total and t not in ("F32",))
+
+
+def host_calibration(profile_doc: dict, types: Sequence[str] = ()) -> dict | None:
+    """The llama-bench calibration of this machine and build (gpcrun/calibrate): cached, else measured now once
+    (progress on stderr, ~30 s on 2 cores). GPCRUN_CALIBRATE=cached uses only a cached one, =off never one:
+    the forecast then falls back to the one-thread copy bandwidth and says so."""
+    from .calibrate import llc_bytes, load_cached, load_or_calibrate
+    mode = os.environ.get("GPCRUN_CALIBRATE", "auto").lower()
+    fp = profile_doc.get("fingerprint") or ""
+    if mode == "off":
+        return None
+    if mode == "cached":
+        return load_cached(fp)
+    plat = profile_doc.get("platform") or {}
+    try:
+        return load_or_calibrate(fp, plat.get("cores_physical") or plat.get("cpus_usable") or 1, llc_bytes(),
+                                 types=tuple(types))
+    except Exception as e:  # noqa: BLE001 - no llama-bench, a failed run: the labelled fallback, with the reason
+        import sys
+        print(f"gpcrun: warning: calibration failed ({e}); speed forecast from the one-thread copy bandwidth",
+              file=sys.stderr)
+        return None
 
 
 def extras_for(sa, target, ngl: int, model: ResolvedModel | None = None) -> tuple:
@@ -153,7 +182,7 @@ def _extras_and_cache(plan, request, sa, model: ResolvedModel | None = None):
 def _planned(model: ResolvedModel, request, target, sa):
     """(the plan, its extra-file lines, its prompt cache): the extras' headers are read once per plan."""
     from .plan import apply_extras, apply_prompt_cache, make_plan
-    target = target if target is not None else build_target()
+    target = target if target is not None else build_target(types=model_types(model.info))
     plan = make_plan(model.info, target, request, load_calibration(model.info, target, request.pinned))
     lines, pc = _extras_and_cache(plan, request, sa, model)
     return apply_prompt_cache(apply_extras(plan, lines), pc), lines, pc

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
 from .gpu_specs import GpuSpec, find_spec
@@ -50,20 +51,27 @@ def gpus_from_profile(doc: Mapping[str, Any]) -> list[DeviceTarget]:
             f"CUDA{d.get('cuda_index', len(out))}", "gpu", vol.get("free_bytes"),
             spec.bandwidth_bytes_per_s if spec else None, DEFAULT_GPU_RUNTIME_OVERHEAD_BYTES,
             spec.fp16_tflops * 1e12 if spec else None,
-            f"nvml free now; bandwidth {'spec sheet ' + spec.name if spec else 'unknown (no spec for this name)'}"))
+            f"nvml free now; bandwidth {'spec sheet ' + spec.name if spec else 'unknown (no spec for this name)'}",
+            layer_fixed_s=spec.layer_fixed_s if spec else None))
     return out
 
 
 def gpu_from_spec(spec: GpuSpec, index: int, free_bytes: int | None = None) -> DeviceTarget:
     cap = free_bytes if free_bytes is not None else spec.vram_bytes - SPEC_DRIVER_RESERVE_BYTES
     return DeviceTarget(f"CUDA{index}", "gpu", cap, spec.bandwidth_bytes_per_s, DEFAULT_GPU_RUNTIME_OVERHEAD_BYTES,
-                        spec.fp16_tflops * 1e12, f"spec sheet: {spec.name} ({spec.source})")
+                        spec.fp16_tflops * 1e12, f"spec sheet: {spec.name} ({spec.source})",
+                        layer_fixed_s=spec.layer_fixed_s)
 
 
 def target_from_profile(doc: Mapping[str, Any], vram_mib: Sequence[int] = (),
-                        specs: Sequence[GpuSpec] = ()) -> Target:
-    """The measured machine, or hypothetical GPUs: `--gpu NAME` (spec sheet) and/or `--vram MiB` (free VRAM)."""
+                        specs: Sequence[GpuSpec] = (), calibration: Mapping[str, Any] | None = None) -> Target:
+    """The measured machine, or hypothetical GPUs: `--gpu NAME` (spec sheet) and/or `--vram MiB` (free VRAM).
+    calibration: the llama-bench calibration document (gpcrun/calibrate), the host's measured decode rates."""
+    from .plan.rates import HostRates
     host = host_from_profile(doc)
+    rates = HostRates.from_doc(calibration) if calibration else None
+    if rates is not None:
+        host = replace(host, decode_rates=rates, source=host.source + "; decode rates: " + rates.source)
     if specs or vram_mib:
         gpus = []
         n = max(len(specs), len(vram_mib))
@@ -78,4 +86,6 @@ def target_from_profile(doc: Mapping[str, Any], vram_mib: Sequence[int] = (),
     else:
         gpus = gpus_from_profile(doc)
     plat = doc.get("platform") or {}
-    return Target(host, tuple(gpus), doc.get("fingerprint"), plat.get("cpus_usable"), tuple(plat.get("isa") or ()))
+    # llama-server's default -t: the physical cores (common.cpp common_cpu_get_num_math)
+    threads = plat.get("cores_physical") or plat.get("cpus_usable")
+    return Target(host, tuple(gpus), doc.get("fingerprint"), threads, tuple(plat.get("isa") or ()))

@@ -3,6 +3,7 @@ and the SmolLM2 demo model. Missing pieces are built/fetched here, not skipped: 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The first plan on a machine measures llama.cpp's CPU rates (~30 s, gpcrun/calibrate): tests plan in fresh
+# GPCRUN_HOMEs all the time, so they use a cached calibration only; tests/test_calibrate.py runs the real one.
+os.environ.setdefault("GPCRUN_CALIBRATE", "cached")
 
 
 def _run_script(*args: str, timeout: float = 1800) -> str:

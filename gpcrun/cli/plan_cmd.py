@@ -32,13 +32,14 @@ def plan_cmd(model, ctx, kv_type, parallel, floor, margin, vram, gpu, refresh, a
     import os
 
     from ..hub import describe
-    from ..planning import build_request, build_target, plan_with_document, resolve_model, shown_plan
+    from ..planning import build_request, build_target, model_types, plan_with_document, resolve_model, shown_plan
     from ..planning import server_args as parse_args
     from .serve_cmd import render_changes
     sa = parse_args(list(server_args), os.environ)
     req = build_request(ctx, kv_type, parallel, floor, margin, sa)
     resolved = resolve_model(model)
-    runnable, doc = plan_with_document(resolved, req, sa, build_target(vram, gpu, refresh),
+    target = build_target(vram, gpu, refresh, model_types(resolved.info))
+    runnable, doc = plan_with_document(resolved, req, sa, target,
                                        {"ctx": ctx, "kv_type": kv_type, "parallel": parallel})
     changes = doc["changes"]
     plan = shown_plan(resolved, runnable)
@@ -70,9 +71,11 @@ def render_plan(plan, changes_text: str = "") -> str:
         if f.decode_tok_s is not None:
             lo, hi = f.decode_band_tok_s
             out.append(f"decode forecast: {f.decode_tok_s:.1f} tok/s (band {lo:.1f}-{hi:.1f}, ceiling"
-                       f" {f.decode_ceiling_tok_s:.1f}; {'calibrated' if f.calibrated else 'uncalibrated'})")
+                       f" {f.decode_ceiling_tok_s:.1f}; {f.method}{_calibration_age(plan.target)})")
         else:
             out.append(f"decode forecast: unknown ({f.method})")
+        if f.prefill_tok_s is not None:
+            out.append(f"prefill forecast: {f.prefill_tok_s:.0f} tok/s (measured host prefill rate)")
         if f.prefill_ceiling_tok_s is not None:
             out.append(f"prefill ceiling: {f.prefill_ceiling_tok_s:.0f} tok/s (spec-sheet FLOP/s)")
     out.append(f"verdict: {plan.verdict.upper()}")
@@ -82,3 +85,12 @@ def render_plan(plan, changes_text: str = "") -> str:
     if plan.argv:
         out.append("llama-server " + " ".join(shlex.quote(a) for a in plan.argv))
     return "\n".join(out)
+
+
+def _calibration_age(target) -> str:
+    """'; calibration 2.5 h old' when the host's rates were measured (gpcrun profile --calibrate)."""
+    r = getattr(target.host, "decode_rates", None)
+    if r is None or not r.measured_at_unix:
+        return ""
+    import time
+    return f"; calibration {(time.time() - r.measured_at_unix) / 3600:.1f} h old"

@@ -12,14 +12,44 @@ from .main import emit_json, main
 @click.option("--refresh", is_flag=True, help="Measure bandwidths again instead of reusing the cached ones.")
 @click.option("--disk", type=click.Path(exists=True), default=None,
               help="Also measure read bandwidth of the filesystem holding PATH with fio (direct I/O).")
-def profile_cmd(as_json: bool, refresh: bool, disk: str | None) -> None:
+@click.option("--calibrate", is_flag=True,
+              help="Also measure llama.cpp's own CPU decode/prefill rates per weight type and thread count with"
+                   " llama-bench (cached per machine and build; with --refresh measured again).")
+def profile_cmd(as_json: bool, refresh: bool, disk: str | None, calibrate: bool) -> None:
     """Report GPUs, host memory, cgroup limits, platform and measured bandwidths; each value says how it was got."""
+    from ..calibrate import llc_bytes, load_cached, load_or_calibrate
     from ..hardware.profile import get_profile  # lazy: keeps other commands' start-up fast
     prof = get_profile(refresh=refresh, disk=disk)
+    doc = prof.to_json()
+    if calibrate:
+        plat = doc.get("platform") or {}
+        cal = load_or_calibrate(prof.fingerprint, plat.get("cores_physical") or plat.get("cpus_usable") or 1,
+                                llc_bytes(), refresh=refresh, quiet=as_json)
+    else:
+        cal = load_cached(prof.fingerprint)
     if as_json:
-        emit_json(prof.to_json())
+        emit_json(dict(doc, calibration=cal))
         return
-    click.echo(render_text(prof))
+    click.echo(render_text(prof) + "\n" + render_calibration(cal))
+
+
+def render_calibration(cal: dict | None) -> str:
+    if not cal:
+        return ("Calibration: none yet (gpcrun profile --calibrate, or the first plan measures it; until then"
+                " speed forecasts use the one-thread copy bandwidth)")
+    import time
+    age_h = (time.time() - cal.get("measured_at_unix", 0)) / 3600
+    out = [f"Calibration (llama-bench, {cal.get('seconds')} s, {age_h:.1f} h ago; threads {cal.get('threads')}):"]
+    by_type: dict[str, list[str]] = {}
+    for d in cal.get("decode") or ():
+        by_type.setdefault(d["type"], []).append(f"-t {d['threads']}: {d['bytes_per_s'] / 1e9:.1f} GB/s"
+                                                 f" ({d['tok_s']:.1f} tok/s)")
+    pre = {p["type"]: p for p in cal.get("prefill") or ()}
+    for ty, cells in by_type.items():
+        p = pre.get(ty)
+        tail = f"; prefill {p['tok_s']:.1f} tok/s at -t {p['threads']}" if p else ""
+        out.append(f"  {ty:5s} decode " + ", ".join(cells) + tail)
+    return "\n".join(out)
 
 
 def _val(obj, key: str, fmt=str) -> str:

@@ -20,6 +20,11 @@ EXPS_REGEX = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 # Uncalibrated realised fraction of the bandwidth ceiling; band multipliers around it.
 DEFAULT_EFFICIENCY = {"host": 0.45, "gpu": 0.6}
 UNCALIBRATED_BAND = (0.5, 1.5)
+# The decode band with measured host rates: the calibration samples' own spread, widened by the forecast model's
+# worst decode error on this machine in scripts/bench/forecast_accuracy.py (README: "Speed forecasts").
+MODEL_ERROR = 0.15
+# The prompt batch the calibration measures prefill on (llama-bench -p), and the prefill forecast is for.
+PREFILL_BATCH_TOKENS = 64
 # Fixed per-layer cost of a decode step on a GPU (kernel launches, sync): gpu-facts.md, 3.7 ms / 48 layers.
 GPU_LAYER_OVERHEAD_S = 77e-6
 CPU_LAYER_OVERHEAD_S = 10e-6

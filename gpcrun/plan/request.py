@@ -22,6 +22,8 @@ class DeviceTarget:
     flops: float | None = None  # dense fp16 FLOP/s, spec sheet only
     source: str = "profile"
     limit_bytes: int | None = None  # host: effective limit (cgroup included); the margin is a share of it
+    decode_rates: object | None = None  # host: plan.rates.HostRates measured by llama-bench (None: fallback)
+    layer_fixed_s: float | None = None  # gpu: decode cost per layer beyond its bytes (spec row), None: default
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Pinned:
     fit: str | None = None  # --fit / LLAMA_ARG_FIT as the user set it
     model_set: bool = False  # the user's own args name the model (-m, -hf, LLAMA_ARG_MODEL): no '-m' is added
     cache_ram_mib: int | None = None  # -cram / LLAMA_ARG_CACHE_RAM (MiB; -1 unlimited, 0 off)
+    threads: int | None = None  # -t / LLAMA_ARG_THREADS (<= 0: llama-server's default, like unset)
     passthrough: tuple[str, ...] = ()
 
 
@@ -106,6 +109,8 @@ def pinned_from(sa: ServerArgs) -> Pinned:
     p["fit"] = sa.value("fit")
     p["model_set"] = settings.model_source(sa).kind in ("path", "hf", "url")
     p["cache_ram_mib"] = sa.int_value("cache-ram")
+    t = settings.threads(sa)
+    p["threads"] = t if t is not None and t > 0 else None
     return Pinned(passthrough=tuple(sa.argv()), **p)
 
 

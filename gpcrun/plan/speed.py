@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .constants import (CPU_LAYER_OVERHEAD_S, DEFAULT_EFFICIENCY, EXPS_REGEX, GPU_LAYER_OVERHEAD_S,
-                        UNCALIBRATED_BAND)
+from .constants import (CPU_LAYER_OVERHEAD_S, DEFAULT_EFFICIENCY, EXPS_REGEX, GPU_LAYER_OVERHEAD_S, MODEL_ERROR,
+                        PREFILL_BATCH_TOKENS, UNCALIBRATED_BAND)
 from .kv import kv_size_tokens
 from .layout import LayoutTable, _layer_device
 from .request import Request, Target
@@ -26,26 +26,74 @@ def bytes_read_per_token(table: LayoutTable, pl: Placement, n_gpus: int, kv_fill
     return out
 
 
+def _host_read_mix(table: LayoutTable, pl: Placement, n_gpus: int, host_bytes: int, kv_fill: int) -> dict[str, int]:
+    """The host's bytes read per token split by ggml type (its KV cache included), scaled to host_bytes: which
+    weight types llama.cpp's CPU kernels stream decides their rate. -ot overrides are not followed here (the
+    total is the layout's; only the split by type is approximated)."""
+    frac = (table.n_expert_used / table.n_expert) if table.n_expert else 1.0
+    mix: dict[str, float] = {}
+    for t in table.model.tensors:
+        if t.name == "token_embd.weight" and not table.tied_output:
+            continue
+        il = t.layer if t.layer is not None else table.n_layer
+        expert = t.role == "routed_experts" and re.search(EXPS_REGEX, t.name)
+        dev = 0 if (expert and t.layer is not None and t.layer < pl.n_cpu_moe) else \
+            _layer_device(il, table.n_layer, pl.ngl, n_gpus, pl.splits)
+        if dev == 0:
+            mix[t.type_name] = mix.get(t.type_name, 0.0) + t.n_bytes * (frac if expert else 1.0)
+    for l in table.kv_layers(pl.type_k, pl.type_v):
+        if pl.no_kv_offload or _layer_device(l.layer, table.n_layer, pl.ngl, n_gpus, pl.splits) == 0:
+            fill = min(kv_fill, l.window) if (l.kind == "swa" and l.window) else kv_fill
+            mix[pl.type_k.upper()] = mix.get(pl.type_k.upper(), 0.0) + l.k_bytes_per_token * fill
+            mix[pl.type_v.upper()] = mix.get(pl.type_v.upper(), 0.0) + l.v_bytes_per_token * fill
+    total = sum(mix.values())
+    return {k: int(v * host_bytes / total) for k, v in mix.items() if v} if total else {}
+
+
+def decode_threads(req: Request, target: Target) -> int:
+    """The threads llama-server decodes with: -t as given, else its default (common.cpp common_cpu_get_num_math:
+    the physical cores), no more than the CPU quota lets run at once."""
+    return max(1, req.pinned.threads or target.threads or 1)
+
+
 def forecast(table: LayoutTable, target: Target, pl: Placement, req: Request,
              calibration: "Calibration | None" = None) -> Forecast:
+    """Time per token = sum over devices of bytes read / that device's rate + its layers x a fixed cost.
+
+    Host rate: measured by llama.cpp's own kernels for the types it reads at the thread count llama-server will
+    use (plan/rates.py), else the one-thread copy bandwidth x a default efficiency (the labelled fallback).
+    GPU rate: bandwidth x efficiency, plus the per-layer fixed cost of its spec row (measured where known)."""
     n_gpus = len(target.gpus)
-    reads = bytes_read_per_token(table, pl, n_gpus, min(req.decode_at_tokens, kv_size_tokens(pl)))
+    fill = min(req.decode_at_tokens, kv_size_tokens(pl))
+    reads = bytes_read_per_token(table, pl, n_gpus, fill)
     t_ceiling = 0.0
     t_expected = 0.0
     unknown = False
+    measured_host = False
     n_layers_on = [0] * (n_gpus + 1)
     for il in range(table.n_layer):
         n_layers_on[_layer_device(il, table.n_layer, pl.ngl, n_gpus, pl.splits)] += 1
+    threads = decode_threads(req, target)
     for i, dev in enumerate(target.devices):
         if reads[i] == 0:
             continue
-        if not dev.bandwidth_bytes_per_s:
+        rates = getattr(dev, "decode_rates", None)
+        rate = None
+        if dev.kind == "host" and rates is not None:
+            rate = rates.mix_bytes_per_s(_host_read_mix(table, pl, n_gpus, reads[i], fill), threads)
+            measured_host = rate is not None
+        if rate is None and dev.bandwidth_bytes_per_s:
+            rate = dev.bandwidth_bytes_per_s * DEFAULT_EFFICIENCY[dev.kind]
+        if rate is None:
             unknown = True
             continue
-        t = reads[i] / dev.bandwidth_bytes_per_s
-        t_ceiling += t
-        eff = DEFAULT_EFFICIENCY[dev.kind]
-        t_expected += t / eff + n_layers_on[i] * (GPU_LAYER_OVERHEAD_S if dev.kind == "gpu" else CPU_LAYER_OVERHEAD_S)
+        t_ceiling += reads[i] / max(rate, dev.bandwidth_bytes_per_s or 0)
+        fixed = getattr(dev, "layer_fixed_s", None)
+        if fixed is None and dev.kind == "host" and measured_host:
+            fixed = rates.layer_fixed_s(threads)
+        if fixed is None:
+            fixed = GPU_LAYER_OVERHEAD_S if dev.kind == "gpu" else CPU_LAYER_OVERHEAD_S
+        t_expected += reads[i] / rate + n_layers_on[i] * fixed
     per_dev = {d.name: reads[i] for i, d in enumerate(target.devices)}
     flops = None
     gpu_flops = [d.flops for d in target.gpus if d.flops]
@@ -62,9 +110,36 @@ def forecast(table: LayoutTable, target: Target, pl: Placement, req: Request,
         expected = ceiling * calibration.efficiency
         band = (expected * calibration.band[0], expected * calibration.band[1])
         return Forecast(ceiling, expected, band, flops, True, calibration.method, per_dev)
+    if measured_host:
+        rates = target.host.decode_rates
+        lo, hi = rates.spread
+        band = (expected * (lo - MODEL_ERROR), expected * (hi + MODEL_ERROR))
+        prefill = None
+        if sum(reads[1:]) == 0:  # every weight on the host: its measured prefill rate for these types
+            mix: dict[str, int] = {}
+            for t in table.model.tensors:
+                mix[t.type_name] = mix.get(t.type_name, 0) + t.n_bytes
+            pps = rates.prefill_params_per_s(mix, threads)
+            params = _active_params(table)
+            if pps and params:
+                # a batch routes its tokens to (nearly) every expert: all expert weights are read once per
+                # batch, not only the active share the compute sees (the dense calibration reads each once)
+                exp = {t.type_name: 0 for t in table.model.tensors}
+                for t in table.model.tensors:
+                    if t.role == "routed_experts" and re.search(EXPS_REGEX, t.name):
+                        exp[t.type_name] += t.n_bytes
+                idle = {k: int(v * (1 - table.n_expert_used / table.n_expert)) for k, v in exp.items() if v} \
+                    if table.n_expert else {}
+                extra = sum(idle.values()) / rates.mix_bytes_per_s(idle, threads) / PREFILL_BATCH_TOKENS \
+                    if idle else 0.0
+                prefill = 1.0 / (params / pps + extra)
+        return Forecast(ceiling, expected, band, flops, True,
+                        f"host rates measured by llama-bench at -t {threads}"
+                        + (", GPU: bandwidth x default efficiency + per-layer cost" if n_gpus else ""), per_dev,
+                        prefill)
     band = (expected * UNCALIBRATED_BAND[0], min(ceiling, expected * UNCALIBRATED_BAND[1]))
     return Forecast(ceiling, expected, band, flops, False,
-                    "uncalibrated: bandwidth roofline x default efficiency + per-layer overhead", per_dev)
+                    "uncalibrated: one-thread copy bandwidth x default efficiency + per-layer overhead", per_dev)
 
 
 def _active_params(table: LayoutTable) -> float:

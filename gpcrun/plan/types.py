@@ -77,11 +77,13 @@ class Forecast:
     calibrated: bool
     method: str
     bytes_per_token: dict[str, int]
+    prefill_tok_s: float | None = None  # all weights on the host, from its measured prefill rates
 
     def to_json(self) -> dict:
         return {"decode_ceiling_tok_s": _r(self.decode_ceiling_tok_s), "decode_tok_s": _r(self.decode_tok_s),
                 "decode_band_tok_s": [_r(x) for x in self.decode_band_tok_s] if self.decode_band_tok_s else None,
-                "prefill_ceiling_tok_s": _r(self.prefill_ceiling_tok_s), "calibrated": self.calibrated,
+                "prefill_ceiling_tok_s": _r(self.prefill_ceiling_tok_s), "prefill_tok_s": _r(self.prefill_tok_s),
+                "calibrated": self.calibrated,
                 "method": self.method, "bytes_read_per_token": self.bytes_per_token}
 
 
@@ -122,8 +124,20 @@ class Plan:
         return {"schema": "gpcrun.plan/1", "verdict": self.verdict, "reasons": list(self.reasons),
                 "plan": ev(self.chosen), "nearest": ev(self.nearest), "argv": list(self.argv),
                 "target": {"fingerprint": self.target.fingerprint, "threads": self.target.threads,
-                           "devices": [d.__dict__ for d in self.target.devices]},
+                           "devices": [_device_json(d) for d in self.target.devices]},
                 "candidates_evaluated": self.candidates_evaluated}
+
+
+def _device_json(d) -> dict:
+    """A target device; measured host rates appear as where they came from and when (the figures are in
+    $GPCRUN_HOME/calibration.json and `gpcrun profile --calibrate --json`)."""
+    out = dict(d.__dict__)
+    r = out.pop("decode_rates", None)
+    if r is not None:
+        out["decode_rates"] = {"source": r.source, "measured_at_unix": r.measured_at_unix, "types": r.types()}
+    if out.get("layer_fixed_s") is None:
+        out.pop("layer_fixed_s", None)
+    return out
 
 
 def placement_json(p: Placement) -> dict:

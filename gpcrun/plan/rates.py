@@ -1,0 +1,116 @@
+"""Measured host rates (pure): what llama.cpp's own CPU kernels achieve on this machine, per weight type and
+thread count, from the calibration document (gpcrun/calibrate/run.py: llama-bench on synthetic models).
+
+- decode: effective bytes/s (weights read per token x tok/s) per (type, threads);
+- prefill: weights x tok/s (parameter-tokens/s) per type at the largest thread count measured; fewer threads
+  scale it down linearly (prefill is compute-bound).
+A type that was not measured takes the measured type with the nearest bits per weight (same family -- K-quant
+or not -- first); a thread count between two measured ones is interpolated linearly, above the largest one it
+stays there (no more cores to add). The band comes from the spread of the raw samples.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..model import GGML_QUANT_SIZES, GGML_TYPE_NAMES
+
+_BY_NAME = {name: t for t, name in GGML_TYPE_NAMES.items()}
+
+
+def bits_per_weight(type_name: str) -> float | None:
+    t = _BY_NAME.get(type_name)
+    if t is None or t not in GGML_QUANT_SIZES:
+        return None
+    block, size = GGML_QUANT_SIZES[t]
+    return 8.0 * size / block
+
+
+@dataclass(frozen=True)
+class HostRates:
+    decode: tuple[tuple[str, int, float], ...]  # (type, threads, bytes/s)
+    prefill: tuple[tuple[str, int, float], ...]  # (type, threads, parameter-tokens/s)
+    spread: tuple[float, float]  # min/mean and max/mean of every decode sample: the band
+    source: str
+    measured_at_unix: int | None = None
+    layer_fixed: tuple[tuple[int, float], ...] = ()  # (threads, seconds per layer per token beyond its bytes)
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> "HostRates | None":
+        dec = tuple((d["type"], int(d["threads"]), float(d["bytes_per_s"])) for d in doc.get("decode") or ()
+                    if d.get("bytes_per_s"))
+        if not dec:
+            return None
+        pre = tuple((p["type"], int(p["threads"]), float(p["tok_s"]) * float(p["n_params"]))
+                    for p in doc.get("prefill") or () if p.get("tok_s") and p.get("n_params"))
+        lo, hi = 1.0, 1.0
+        for d in doc.get("decode") or ():
+            s = [x for x in (d.get("samples_tok_s") or ()) if x]
+            if s and d.get("tok_s"):
+                lo, hi = min(lo, min(s) / d["tok_s"]), max(hi, max(s) / d["tok_s"])
+        when = doc.get("measured_at_unix")
+        r = cls(dec, pre, (lo, hi), "calibrated: " + (doc.get("method") or "llama-bench"), when)
+        fixed = []
+        for f in doc.get("layer_fixed") or ():  # many thin layers: time per token less their bytes' time
+            if f.get("tok_s") and f.get("n_layer"):
+                t_bytes = f["bytes_per_token"] / r.decode_bytes_per_s(f.get("type", "Q8_0"), f["threads"])
+                fixed.append((int(f["threads"]), max(0.0, (1 / f["tok_s"] - t_bytes) / f["n_layer"])))
+        from dataclasses import replace
+        return replace(r, layer_fixed=tuple(sorted(fixed))) if fixed else r
+
+    def types(self) -> list[str]:
+        return sorted({t for t, _, _ in self.decode})
+
+    def nearest_type(self, type_name: str) -> str:
+        have = self.types()
+        if type_name in have:
+            return type_name
+        bpw = bits_per_weight(type_name)
+        if bpw is None:
+            return have[0]
+        fam = type_name.endswith("_K") or "_K_" in type_name
+        return min(have, key=lambda h: (abs((bits_per_weight(h) or 99) - bpw),
+                                        (h.endswith("_K") or "_K_" in h) != fam, h))
+
+    def _at_threads(self, points: list[tuple[int, float]], threads: int) -> float:
+        points = sorted(points)
+        if threads <= points[0][0]:
+            return points[0][1]
+        for (t0, r0), (t1, r1) in zip(points, points[1:]):
+            if t0 <= threads <= t1:
+                return r0 + (r1 - r0) * (threads - t0) / (t1 - t0)
+        return points[-1][1]
+
+    def layer_fixed_s(self, threads: int) -> float | None:
+        """The host's measured cost per layer per token beyond its bytes, None when not measured."""
+        return self._at_threads(list(self.layer_fixed), threads) if self.layer_fixed else None
+
+    def decode_bytes_per_s(self, type_name: str, threads: int) -> float:
+        ty = self.nearest_type(type_name)
+        return self._at_threads([(t, r) for n, t, r in self.decode if n == ty], threads)
+
+    def mix_bytes_per_s(self, mix: dict[str, int], threads: int) -> float | None:
+        """The effective rate for reading a mix of types (bytes by type): total bytes over the summed times."""
+        total = sum(mix.values())
+        if total <= 0:
+            return None
+        return total / sum(b / self.decode_bytes_per_s(t, threads) for t, b in mix.items() if b)
+
+    def prefill_params_per_s(self, mix: dict[str, int], threads: int) -> float | None:
+        """Parameter-tokens/s for a mix of types (weighted like mix_bytes_per_s), None when not measured."""
+        if not self.prefill:
+            return None
+        have = {t for t, _, _ in self.prefill}
+        total = sum(mix.values())
+        if total <= 0:
+            return None
+        t_sum = 0.0
+        for ty, b in mix.items():
+            near = ty if ty in have else min(have, key=lambda h: abs((bits_per_weight(h) or 99) -
+                                                                      (bits_per_weight(ty) or 99)))
+            pts = sorted((t, r) for n, t, r in self.prefill if n == near)
+            if threads < pts[0][0]:  # compute-bound: below the fewest threads measured, linear in threads
+                rate = pts[0][1] * threads / pts[0][0]
+            else:
+                rate = self._at_threads(pts, threads)
+            t_sum += b / rate
+        return total / t_sum

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Speed forecast vs llama.cpp's measured speed, side by side, on this machine (before any receipt).
+
+Models: generated dense llama and MoE qwen3moe GGUFs of >= 512 MB (gpcrun/calibrate/synth.py shapes other than
+the calibration's own), one weight type each (Q4_0, Q4_K, Q8_0, F16), plus SmolLM2. Cells: -t 1 and -t 2
+(up to the physical cores), KV f16 and q8_0, decode at depth 0 and 4096 (llama-bench -d), all weights on the
+CPU. For each cell: llama-bench -n 16 (and -p 64 for prefill) measured vs gpcrun's forecast for the same
+placement on the target of `gpcrun profile` + its llama-bench calibration (measured first if not cached).
+
+    .venv/bin/python scripts/bench/forecast_accuracy.py [--quick] [--json]
+
+Targets (issue 12): decode within +-15 % on every cell, the band holding >= 90 % of measurements, prefill
+within +-25 %. Prints every cell and a summary line per target.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from gpcrun.calibrate.synth import Shape, write_synth  # noqa: E402
+from gpcrun.launch.binary import find_tool  # noqa: E402
+
+DENSE = Shape(n_embd=2560, n_ff=6912, n_head=20, n_head_kv=4)
+MOE = Shape(n_embd=1536, n_ff=0, n_head=16, n_head_kv=4, n_expert=32, n_expert_used=4, n_ff_exp=1024)
+
+
+def measure(bench: Path, model: Path, threads: int, kv: str, depth: int, prefill: bool) -> float:
+    args = ["-p", "64", "-n", "0"] if prefill else ["-p", "0", "-n", "16", "-d", str(depth)]
+    fa = ["-fa", "1"] if kv != "f16" else []
+    p = subprocess.run([str(bench), "-m", str(model), "-ngl", "0", "-r", "2", "-o", "json", "-t", str(threads),
+                        "-ctk", kv, "-ctv", kv, *fa, *args], capture_output=True, text=True, timeout=600)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr[-500:])
+    return json.loads(p.stdout)[0]["avg_ts"]
+
+
+def forecast(model: Path, target, threads: int, kv: str, depth: int):
+    from gpcrun.model import load_model
+    from gpcrun.plan.layout import LayoutTable
+    from gpcrun.plan.request import Pinned, Request
+    from gpcrun.plan.speed import forecast as fc
+    from gpcrun.plan.types import Placement
+    info = load_model(str(model))
+    pl = Placement(ngl=0, n_cpu_moe=0, ctx=8192, type_k=kv, type_v=kv, flash_attn="on" if kv != "f16" else "auto")
+    req = Request(ctx=8192, decode_at_tokens=depth + 8, pinned=Pinned(threads=threads))
+    return fc(LayoutTable(info, (), 0), target, pl, req)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="Q4_0 and Q8_0 only, depth 0 only")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    from gpcrun.planning import build_target
+    target = build_target()
+    rates = target.host.decode_rates
+    print(f"target: host {target.host.source}; threads default {target.threads}", file=sys.stderr)
+    bench, quant = find_tool("llama-bench"), find_tool("llama-quantize")
+    threads = sorted({1, min(2, target.threads or 1), target.threads or 1})
+    types = ("Q4_0", "Q8_0") if a.quick else ("Q4_0", "Q4_K", "Q8_0", "F16")
+    depths = (0,) if a.quick else (0, 4096)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="gpcrun-fa-") as d:
+        models = []
+        for shape, name in ((DENSE, "dense"), (MOE, "moe")):
+            for ty in types:
+                m = write_synth(Path(d), ty, 560 << 20 if name == "dense" else 1100 << 20, quant, shape)
+                models.append((f"{name} {ty} {m.tensor_bytes >> 20} MiB", m.path))
+        smol = subprocess.run([sys.executable, "scripts/fetch_demo_model.py"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip().splitlines()[-1]
+        models.append(("SmolLM2-135M Q4_1", Path(smol)))
+        for label, path in models:
+            for t in threads:
+                for kv in ("f16", "q8_0"):
+                    for depth in depths:
+                        if kv == "q8_0" and (depth == 0 or t != threads[-1]):
+                            continue  # the KV type matters only with a cache to read
+                        f = forecast(path, target, t, kv, depth)
+                        got = measure(bench, path, t, kv, depth, False)
+                        row = {"model": label, "threads": t, "kv": kv, "depth": depth, "measured_tok_s": got,
+                               "forecast_tok_s": f.decode_tok_s, "band": f.decode_band_tok_s,
+                               "error": f.decode_tok_s / got - 1, "in_band": f.decode_band_tok_s[0] <= got
+                               <= f.decode_band_tok_s[1], "kind": "decode"}
+                        rows.append(row)
+                        print(f"{label:24s} -t {t} KV {kv:4s} depth {depth:5d}  decode measured {got:7.1f}  forecast"
+                              f" {f.decode_tok_s:7.1f}  {100 * row['error']:+6.1f} %  band"
+                              f" {'yes' if row['in_band'] else 'NO'}", flush=True)
+            t = threads[-1]
+            f = forecast(path, target, t, "f16", 0)
+            got = measure(bench, path, t, "f16", 0, True)
+            if f.prefill_tok_s:
+                rows.append({"model": label, "threads": t, "kind": "prefill", "measured_tok_s": got,
+                             "forecast_tok_s": f.prefill_tok_s, "error": f.prefill_tok_s / got - 1})
+                print(f"{label:24s} -t {t} prefill 64       measured {got:7.1f}  forecast {f.prefill_tok_s:7.1f}"
+                      f"  {100 * rows[-1]['error']:+6.1f} %", flush=True)
+    dec = [r for r in rows if r["kind"] == "decode"]
+    pre = [r for r in rows if r["kind"] == "prefill"]
+    worst = max(abs(r["error"]) for r in dec)
+    print(f"decode: {sum(abs(r['error']) <= 0.15 for r in dec)} of {len(dec)} cells within +-15 % (worst"
+          f" {100 * worst:.1f} %); band holds {sum(r['in_band'] for r in dec)} of {len(dec)}")
+    if pre:
+        print(f"prefill: {sum(abs(r['error']) <= 0.25 for r in pre)} of {len(pre)} within +-25 % (worst"
+              f" {100 * max(abs(r['error']) for r in pre):.1f} %)")
+    print(f"calibration: {rates.source if rates else 'none (fallback)'}")
+    if a.json:
+        print(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

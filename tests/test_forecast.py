@@ -1,0 +1,93 @@
+"""The decode forecast's model, checked on numbers measured elsewhere (pure): shared/gpu-facts.md's H200 table,
+and the measured host rates (plan/rates.py) the calibration writes."""
+from __future__ import annotations
+
+import pytest
+
+from gpcrun.gpu_specs import find_spec
+from gpcrun.plan import DeviceTarget, Target
+from gpcrun.plan.constants import DEFAULT_EFFICIENCY
+from gpcrun.plan.layout import LayoutTable
+from gpcrun.plan.rates import HostRates
+from gpcrun.plan.request import Pinned, Request
+from gpcrun.plan.speed import bytes_read_per_token, forecast
+from gpcrun.plan.types import Placement
+from gpcrun.targets import gpu_from_spec
+from tests.synthetic import moe_model
+
+# shared/gpu-facts.md: Qwen3-30B-A3B-shaped qwen3moe (experts Q4_0, the rest Q8_0, vocab 32000), one H200,
+# -t 14 -np 1 -c 32768, decode of 128 tokens after a ~1500-token prompt. tok/s (the mean of the runs listed).
+ALL_GPU, CPU_MOE = 265.0, 39.7
+ROWS = {28: (61.3 + 60.7 + 60.2) / 3, 32: 55.3, 40: 47.4}
+DEPTH = 1500 + 64  # the KV fill halfway through the 128 decoded tokens
+
+
+def _pl(k: int) -> Placement:
+    return Placement(ngl=49, n_cpu_moe=k, ctx=32768, type_k="f16", type_v="f16")
+
+
+def test_gpu_facts_n_cpu_moe_rows_within_10_percent_from_two_rows():
+    """Derive that machine's GPU per-layer cost (all-GPU row) and host rate (--cpu-moe row), then forecast the
+    --n-cpu-moe 28/32/40 rows with the planner's own forecast: each within +-10 %."""
+    m = moe_model(n_vocab=32000)
+    table = LayoutTable(m, (), 1)
+    spec = find_spec("H200")
+    bw = spec.bandwidth_bytes_per_s * DEFAULT_EFFICIENCY["gpu"]
+    n_layer = 48
+    gpu_all = bytes_read_per_token(table, _pl(0), 1, DEPTH)[1]
+    fixed = (1 / ALL_GPU - gpu_all / bw) / n_layer
+    assert fixed == pytest.approx(spec.layer_fixed_s, rel=0.01)  # the spec row holds the same derivation
+    host_b, gpu_b = bytes_read_per_token(table, _pl(48), 1, DEPTH)
+    host_rate = host_b / (1 / CPU_MOE - gpu_b / bw - n_layer * fixed)
+    assert 40e9 < host_rate < 55e9  # gpu-facts.md: ~47 GB/s effective with 14 threads
+    rates = HostRates((("Q4_0", 14, host_rate),), (), (1.0, 1.0), "derived from gpu-facts.md")
+    host = DeviceTarget("CPU", "host", 100 << 30, 21.5e9, decode_rates=rates)
+    target = Target(host, (gpu_from_spec(spec, 0),), None, 14)
+    req = Request(ctx=32768, decode_at_tokens=DEPTH, pinned=Pinned(threads=14))
+    for k, measured in ROWS.items():
+        f = forecast(table, target, _pl(k), req)
+        assert f.decode_tok_s == pytest.approx(measured, rel=0.10), (k, f.decode_tok_s, measured)
+        assert f.calibrated and "measured" in f.method
+
+
+def test_the_one_thread_copy_fallback_is_labelled_and_far_off_there():
+    """Without measured rates the forecast falls back to the one-thread copy x 0.45 and says so: on that host
+    (21.5 GB/s copy) it is ~4x too slow at --n-cpu-moe 28 -- why the calibration exists."""
+    m = moe_model(n_vocab=32000)
+    target = Target(DeviceTarget("CPU", "host", 100 << 30, 21.5e9), (gpu_from_spec(find_spec("H200"), 0),), None, 14)
+    f = forecast(LayoutTable(m, (), 1), target, _pl(28), Request(ctx=32768, decode_at_tokens=DEPTH))
+    assert not f.calibrated and "one-thread copy" in f.method
+    assert f.decode_tok_s < 0.5 * ROWS[28]
+
+
+RATES = HostRates((("Q4_0", 1, 10e9), ("Q4_0", 2, 16e9), ("Q4_0", 4, 20e9), ("Q8_0", 1, 12e9),
+                   ("Q8_0", 2, 18e9), ("F16", 1, 14e9), ("Q4_K", 1, 9e9)), (("Q4_0", 4, 2e12),), (0.95, 1.04), "t")
+
+
+@pytest.mark.parametrize("ty, threads, want", [
+    ("Q4_0", 1, 10e9), ("Q4_0", 2, 16e9), ("Q4_0", 3, 18e9), ("Q4_0", 4, 20e9), ("Q4_0", 64, 20e9),
+    ("Q4_0", 0, 10e9),
+    ("Q4_1", 1, 10e9),  # 5.0 bits: nearest measured is Q4_0 (4.5)
+    ("Q5_K", 1, 9e9),  # 5.5 bits, a K-quant: Q4_K (4.5, same family) before Q4_0 (4.5)
+    ("Q6_K", 1, 12e9),  # 6.56 bits: Q8_0 (8.5) is nearer than Q4_K (4.5)
+    ("Q8_0", 2, 18e9), ("BF16", 1, 14e9), ("F32", 1, 14e9),
+])
+def test_host_rate_lookup(ty, threads, want):
+    assert RATES.decode_bytes_per_s(ty, threads) == pytest.approx(want)
+
+
+def test_a_mix_of_types_adds_times_not_rates():
+    # 1 GB at 10 GB/s + 1 GB at 12 GB/s = 0.1 + 0.0833 s for 2 GB
+    assert RATES.mix_bytes_per_s({"Q4_0": 10**9, "Q8_0": 10**9}, 1) == pytest.approx(2e9 / (0.1 + 1 / 12))
+    assert RATES.mix_bytes_per_s({}, 1) is None
+
+
+def test_rates_from_a_calibration_document():
+    doc = {"method": "llama-bench", "measured_at_unix": 1, "decode": [
+        {"type": "Q4_0", "threads": 1, "tok_s": 40.0, "samples_tok_s": [39.0, 41.0], "bytes_per_s": 1e10},
+        {"type": "Q4_0", "threads": 2, "tok_s": 70.0, "samples_tok_s": [66.5, 72.1], "bytes_per_s": 1.75e10}],
+        "prefill": [{"type": "Q4_0", "threads": 2, "tok_s": 100.0, "n_params": 5e8}]}
+    r = HostRates.from_doc(doc)
+    assert r.decode_bytes_per_s("Q4_0", 2) == 1.75e10 and r.spread == (0.95, 1.03)
+    assert r.prefill_params_per_s({"Q4_0": 1}, 2) == 5e10
+    assert HostRates.from_doc({"decode": []}) is None
