@@ -96,8 +96,12 @@ def load_calibration(info, target, pinned):
     return load(info, target, argv_threads(pinned.passthrough))
 
 
-def build_target(vram: Sequence[int] = (), gpu: Sequence[str] = (), refresh: bool = False, types: Sequence[str] = ()):
-    """This machine (the measured profile), or hypothetical GPUs (--gpu NAME spec sheets, --vram MiB free)."""
+def build_target(vram: Sequence[int] = (), gpu: Sequence[str] = (), refresh: bool = False, types: Sequence[str] = (),
+                 profile_file: str | None = None, cpu_threads: int | None = None,
+                 cpu_bandwidth_gbs: float | None = None, head_dims: Sequence[int] = ()):
+    """This machine (the measured profile), or hypothetical GPUs (--gpu NAME spec sheets, --vram MiB free);
+    another machine's `gpcrun profile --calibrate --json` (profile_file, with its calibration), or a host
+    described by its threads and decode bandwidth."""
     from .hardware.profile import get_profile
     from .targets import target_from_profile
     specs = []
@@ -106,8 +110,26 @@ def build_target(vram: Sequence[int] = (), gpu: Sequence[str] = (), refresh: boo
         if spec is None:
             raise UnknownGpuError(f"unknown GPU {name!r}; known: " + ", ".join(s.name for s in GPU_SPECS.values()))
         specs.append(spec)
-    doc = get_profile(refresh=refresh).to_json()
-    return target_from_profile(doc, vram_mib=list(vram), specs=specs, calibration=host_calibration(doc, types))
+    if profile_file is not None:
+        doc = _read_profile_file(profile_file)
+        cal = doc.get("calibration")
+    else:
+        doc = get_profile(refresh=refresh).to_json()
+        cal = None if cpu_bandwidth_gbs else host_calibration(doc, types, head_dims)
+    return target_from_profile(doc, vram_mib=list(vram), specs=specs, calibration=cal, cpu_threads=cpu_threads,
+                               cpu_rate_bytes_per_s=cpu_bandwidth_gbs * 1e9 if cpu_bandwidth_gbs else None)
+
+
+def _read_profile_file(path: str) -> dict:
+    import json
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--profile {path}: cannot read a profile ({e.__class__.__name__}: {e})") from None
+    if not isinstance(doc, dict) or doc.get("schema") != "gpcrun.profile/1":
+        raise UsageError(f"--profile {path}: not a gpcrun profile (gpcrun profile --calibrate --json > FILE)")
+    return doc
 
 
 def model_types(info, share: float = 0.1) -> tuple[str, ...]:
@@ -117,7 +139,12 @@ def model_types(info, share: float = 0.1) -> tuple[str, ...]:
     return tuple(t for t, b in mix.items() if b >= share * total and t not in ("F32",))
 
 
-def host_calibration(profile_doc: dict, types: Sequence[str] = ()) -> dict | None:
+def model_head_dims(info) -> tuple[int, ...]:
+    from .plan.speed import head_size
+    return (head_size(info.facts),) if info.facts.get("head_count") else ()
+
+
+def host_calibration(profile_doc: dict, types: Sequence[str] = (), head_dims: Sequence[int] = ()) -> dict | None:
     """The llama-bench calibration of this machine and build (gpcrun/calibrate): cached, else measured now once
     (progress on stderr, ~30 s on 2 cores). GPCRUN_CALIBRATE=cached uses only a cached one, =off never one:
     the forecast then falls back to the one-thread copy bandwidth and says so."""
@@ -131,7 +158,7 @@ def host_calibration(profile_doc: dict, types: Sequence[str] = ()) -> dict | Non
     plat = profile_doc.get("platform") or {}
     try:
         return load_or_calibrate(fp, plat.get("cores_physical") or plat.get("cpus_usable") or 1, llc_bytes(),
-                                 types=tuple(types))
+                                 types=tuple(types), head_dims=tuple(head_dims))
     except Exception as e:  # noqa: BLE001 - no llama-bench, a failed run: the labelled fallback, with the reason
         import sys
         print(f"gpcrun: warning: calibration failed ({e}); speed forecast from the one-thread copy bandwidth",
@@ -182,7 +209,8 @@ def _extras_and_cache(plan, request, sa, model: ResolvedModel | None = None):
 def _planned(model: ResolvedModel, request, target, sa):
     """(the plan, its extra-file lines, its prompt cache): the extras' headers are read once per plan."""
     from .plan import apply_extras, apply_prompt_cache, make_plan
-    target = target if target is not None else build_target(types=model_types(model.info))
+    target = target if target is not None else build_target(types=model_types(model.info),
+                                                            head_dims=model_head_dims(model.info))
     plan = make_plan(model.info, target, request, load_calibration(model.info, target, request.pinned))
     lines, pc = _extras_and_cache(plan, request, sa, model)
     return apply_prompt_cache(apply_extras(plan, lines), pc), lines, pc

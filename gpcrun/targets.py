@@ -64,12 +64,18 @@ def gpu_from_spec(spec: GpuSpec, index: int, free_bytes: int | None = None) -> D
 
 
 def target_from_profile(doc: Mapping[str, Any], vram_mib: Sequence[int] = (),
-                        specs: Sequence[GpuSpec] = (), calibration: Mapping[str, Any] | None = None) -> Target:
+                        specs: Sequence[GpuSpec] = (), calibration: Mapping[str, Any] | None = None,
+                        cpu_threads: int | None = None, cpu_rate_bytes_per_s: float | None = None) -> Target:
     """The measured machine, or hypothetical GPUs: `--gpu NAME` (spec sheet) and/or `--vram MiB` (free VRAM).
-    calibration: the llama-bench calibration document (gpcrun/calibrate), the host's measured decode rates."""
+    calibration: the llama-bench calibration document (gpcrun/calibrate), the host's measured decode rates.
+    A host described instead (`plan --cpu-threads N --cpu-bandwidth GB/s`): its default -t and one decode read
+    rate for every weight type, labelled as described."""
     from .plan.rates import HostRates
     host = host_from_profile(doc)
     rates = HostRates.from_doc(calibration) if calibration else None
+    if cpu_rate_bytes_per_s:
+        rates = HostRates((("F16", 1, float(cpu_rate_bytes_per_s)),), (), (1.0, 1.0),
+                          f"described: --cpu-bandwidth {cpu_rate_bytes_per_s / 1e9:g} GB/s (not measured)")
     if rates is not None:
         host = replace(host, decode_rates=rates, source=host.source + "; decode rates: " + rates.source)
     if specs or vram_mib:
@@ -87,5 +93,5 @@ def target_from_profile(doc: Mapping[str, Any], vram_mib: Sequence[int] = (),
         gpus = gpus_from_profile(doc)
     plat = doc.get("platform") or {}
     # llama-server's default -t: the physical cores (common.cpp common_cpu_get_num_math)
-    threads = plat.get("cores_physical") or plat.get("cpus_usable")
+    threads = cpu_threads or plat.get("cores_physical") or plat.get("cpus_usable")
     return Target(host, tuple(gpus), doc.get("fingerprint"), threads, tuple(plat.get("isa") or ()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from gpcrun.calibrate import load_cached, load_or_calibrate, thread_points
+from gpcrun.calibrate.run import REPS
 from gpcrun.calibrate.synth import Shape, write_synth
 from gpcrun.model import load_model
 from gpcrun.plan.rates import HostRates
@@ -31,8 +32,11 @@ def test_calibrate_cache_and_added_types(llama_bin_dir, tmp_path, monkeypatch):
     took = time.monotonic() - t0
     assert [d["threads"] for d in doc["decode"]] == [1, 2] and all(d["bytes_per_s"] > 1e8 for d in doc["decode"])
     assert {p["type"] for p in doc["prefill"]} == {"Q8_0"} and len(doc["layer_fixed"]) == 2
-    assert all(len(d["samples_tok_s"]) == 2 for d in doc["decode"])  # raw samples are kept
     rates = HostRates.from_doc(doc)
+    assert all(len(d["samples_tok_s"]) == REPS for d in doc["decode"])  # raw samples are kept
+    assert {(a["type"], a["depth"]) for a in doc["attention"]} == {("f16", 0), ("f16", 2048), ("q8_0", 0),
+                                                                   ("q8_0", 2048)}
+    assert rates.attention_s_per_unit("f16", 2) is not None
     assert rates.layer_fixed_s(1) is not None and rates.decode_bytes_per_s("Q8_0", 2) > 0
     t0 = time.monotonic()
     assert load_or_calibrate("fp-test", 2, None, home=tmp_path, quiet=True) == doc  # cached: nothing runs

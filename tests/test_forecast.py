@@ -91,3 +91,43 @@ def test_rates_from_a_calibration_document():
     assert r.decode_bytes_per_s("Q4_0", 2) == 1.75e10 and r.spread == (0.95, 1.03)
     assert r.prefill_params_per_s({"Q4_0": 1}, 2) == 5e10
     assert HostRates.from_doc({"decode": []}) is None
+
+
+def test_what_if_a_described_host_reproduces_gpu_facts():
+    """`gpcrun plan --gpu H200 --vram 12288 --cpu-threads 14 --cpu-bandwidth 47`: that host described by its
+    threads and the rate llama.cpp reaches there (gpu-facts.md: ~47 GB/s) forecasts the measured rows."""
+    from gpcrun.targets import target_from_profile
+    doc = {"platform": {"cores_physical": 2}, "host_memory": {"effective_available_bytes": 100 << 30},
+           "bandwidth": {"cpu_memory": {"bytes_per_s": 21.5e9}}}
+    t = target_from_profile(doc, [12288], [find_spec("H200")], cpu_threads=14, cpu_rate_bytes_per_s=47e9)
+    assert t.threads == 14 and "described" in t.host.decode_rates.source
+    m = moe_model(n_vocab=32000)
+    req = Request(ctx=32768, decode_at_tokens=DEPTH, pinned=Pinned(threads=14))
+    for k, measured in ROWS.items():
+        f = forecast(LayoutTable(m, (), 1), t, _pl(k), req)
+        assert f.decode_tok_s == pytest.approx(measured, rel=0.10), (k, f.decode_tok_s)
+
+
+def test_attention_over_the_cache_is_measured_work_not_bytes():
+    """decode at depth D less decode at depth 0, per unit (cached token x query head x (K+V dims) x layer)."""
+    doc = {"decode": [{"type": "F16", "threads": 1, "tok_s": 50.0, "bytes_per_s": 2e10}],
+           "attention": [{"type": "f16", "threads": 1, "depth": 0, "tok_s": 500.0, "units_per_depth_token": 1000},
+                         {"type": "f16", "threads": 1, "depth": 1000, "tok_s": 250.0, "units_per_depth_token": 1000},
+                         {"type": "q8_0", "threads": 1, "depth": 0, "tok_s": 500.0, "units_per_depth_token": 1000},
+                         {"type": "q8_0", "threads": 1, "depth": 1000, "tok_s": 400.0, "units_per_depth_token": 1000}]}
+    r = HostRates.from_doc(doc)
+    assert r.attention_s_per_unit("f16", 1) == pytest.approx((1 / 250 - 1 / 500) / 1e6)
+    assert r.attention_s_per_unit("q4_0", 1) == r.attention_s_per_unit("q8_0", 1)  # quantized: q8_0's
+    assert r.attention_s_per_unit("bf16", 4) == r.attention_s_per_unit("f16", 1)
+    m = moe_model(n_vocab=32000)
+    table = LayoutTable(m, (), 0)
+    target = Target(DeviceTarget("CPU", "host", 100 << 30, 21.5e9, decode_rates=r), (), None, 1)
+    shallow = forecast(table, target, _pl_cpu(), Request(ctx=32768, decode_at_tokens=16))
+    deep = forecast(table, target, _pl_cpu(), Request(ctx=32768, decode_at_tokens=8192))
+    # 48 layers x 32 heads x (128 + 128) per cached token, at 2 ns each
+    extra = 48 * 32 * 256 * (8192 - 16) * (1 / 250 - 1 / 500) / 1e6
+    assert 1 / deep.decode_tok_s - 1 / shallow.decode_tok_s == pytest.approx(extra, rel=0.01)
+
+
+def _pl_cpu() -> Placement:
+    return Placement(ngl=0, n_cpu_moe=0, ctx=32768, type_k="f16", type_v="f16")

@@ -19,9 +19,9 @@ from pathlib import Path
 
 SCHEMA = "gpcrun.calibration/1"
 TYPES = ("Q4_0", "Q4_K", "Q8_0", "F16")
-DECODE_TOKENS = 16
+DECODE_TOKENS = 8
 from ..plan.constants import PREFILL_BATCH_TOKENS as PREFILL_TOKENS  # noqa: E402 - one number for both
-REPS = 2
+REPS = 3  # the best of 3: a busy neighbour only ever slows a run down
 FILE = "calibration.json"
 
 
@@ -36,24 +36,35 @@ def thread_points(physical_cores: int) -> list[int]:
 
 
 def target_bytes(llc_bytes: int | None) -> int:
-    """Well above the last-level cache: 4x it, at least 256 MiB, at most 1 GiB."""
-    return min(max(4 * (llc_bytes or 0), 256 << 20), 1 << 30)
+    """Well above the last-level cache: 4x it, at least 128 MiB, at most 1 GiB."""
+    return min(max(4 * (llc_bytes or 0), 128 << 20), 1 << 30)
+
+
+def _best(r: dict) -> float:
+    """llama-bench's fastest repetition (its raw samples are kept beside it)."""
+    return max(r.get("samples_ts") or [r["avg_ts"]])
 
 
 def _bench(bench: Path, model: Path, args: list[str], timeout_s: float) -> list[dict]:
-    p = subprocess.run([str(bench), "-m", str(model), "-ngl", "0", "-r", str(REPS), "-o", "json", *args],
+    p = subprocess.run([str(bench), "-m", str(model), "-ngl", "0", "-r", str(REPS), "-o", "json", "-lm", "none",
+                        *args],
                        capture_output=True, text=True, timeout=timeout_s)
     if p.returncode != 0:
         raise RuntimeError(f"llama-bench failed (exit {p.returncode}): " + (p.stderr.strip().splitlines() or ["?"])[-1])
     return json.loads(p.stdout)
 
 
+ATTN_DEPTH = 2048
+ATTN_HEADS = dict(n_head=4, n_head_kv=1)  # GQA 4, as most models have
+HEAD_DIMS = (128,)  # measured always; a model's own head size is added (kernels differ by head size)
+ATTN_LAYERS = 8
 # Many thin layers: per-token time is mostly the per-layer fixed cost (graph nodes, thread syncs) on the CPU.
 FIXED_LAYERS = 64
 
 
 def calibrate(types: tuple[str, ...] = TYPES, physical_cores: int = 1, llc_bytes: int | None = None,
-              progress=None, work_dir: Path | None = None, fixed: bool = True) -> dict:
+              progress=None, work_dir: Path | None = None, fixed: bool = True,
+              head_dims: tuple[int, ...] = HEAD_DIMS) -> dict:
     """Run the calibration now; returns the document (not cached: see load_or_calibrate)."""
     from ..launch.binary import find_tool
     from .synth import Shape, write_synth
@@ -61,7 +72,7 @@ def calibrate(types: tuple[str, ...] = TYPES, physical_cores: int = 1, llc_bytes
     say = progress or (lambda msg: None)
     threads = thread_points(physical_cores)
     t0 = time.monotonic()
-    decode, prefill, models, layer_fixed = [], [], {}, []
+    decode, prefill, models, layer_fixed, attention = [], [], {}, [], []
     with tempfile.TemporaryDirectory(prefix="gpcrun-calib-", dir=work_dir) as d:
         if fixed:
             say(f"calibrating the per-layer cost: {FIXED_LAYERS} thin Q8_0 layers at -t {','.join(map(str, threads))}")
@@ -70,8 +81,10 @@ def calibrate(types: tuple[str, ...] = TYPES, physical_cores: int = 1, llc_bytes
             m = write_synth(Path(d), "Q8_0", one.layer_bytes * FIXED_LAYERS, quant, thin)
             for r in _bench(bench, m.path, ["-p", "0", "-n", str(4 * DECODE_TOKENS), "-t",
                                             ",".join(map(str, threads))], 120):
-                layer_fixed.append({"threads": r["n_threads"], "tok_s": r["avg_ts"], "n_layer": m.n_layer,
+                layer_fixed.append({"threads": r["n_threads"], "tok_s": _best(r), "n_layer": m.n_layer,
                                     "bytes_per_token": m.layer_bytes * m.n_layer, "type": "Q8_0"})
+        for hd in head_dims:
+            attention += _attention(bench, quant, Path(d), threads, say, hd)
         for ty in types:
             say(f"calibrating {ty}: writing a {target_bytes(llc_bytes) >> 20} MiB model")
             m = write_synth(Path(d), ty, target_bytes(llc_bytes), quant)
@@ -81,17 +94,36 @@ def calibrate(types: tuple[str, ...] = TYPES, physical_cores: int = 1, llc_bytes
             say(f"calibrating {ty}: decode at -t {','.join(map(str, threads))}, prefill at -t {threads[-1]}")
             for r in _bench(bench, m.path, ["-p", "0", "-n", str(DECODE_TOKENS), "-t", ",".join(map(str, threads))],
                             120):
-                decode.append({"type": ty, "threads": r["n_threads"], "tok_s": r["avg_ts"],
+                decode.append({"type": ty, "threads": r["n_threads"], "tok_s": _best(r),
                                "samples_tok_s": r.get("samples_ts"), "bytes_per_token": read,
-                               "bytes_per_s": read * r["avg_ts"]})
+                               "bytes_per_s": read * _best(r)})
             for r in _bench(bench, m.path, ["-p", str(PREFILL_TOKENS), "-n", "0", "-t", str(threads[-1])], 120):
-                prefill.append({"type": ty, "threads": r["n_threads"], "tok_s": r["avg_ts"],
+                prefill.append({"type": ty, "threads": r["n_threads"], "tok_s": _best(r),
                                 "samples_tok_s": r.get("samples_ts"), "n_params": m.n_params})
     return {"schema": SCHEMA, "measured_at_unix": int(time.time()), "seconds": round(time.monotonic() - t0, 1),
-            "llama_bench": str(bench), "method": f"llama-bench -ngl 0 -r {REPS}: decode -p 0 -n {DECODE_TOKENS},"
+            "llama_bench": str(bench), "method": f"llama-bench -ngl 0 -lm none, best of {REPS}: decode -p 0 -n {DECODE_TOKENS},"
             f" prefill -p {PREFILL_TOKENS} -n 0, on synthetic dense llama models of one weight type each"
             " (gpcrun/calibrate/synth.py)", "threads": threads, "models": models, "decode": decode,
-            "prefill": prefill, "layer_fixed": layer_fixed}
+            "prefill": prefill, "layer_fixed": layer_fixed, "attention": attention}
+
+
+def _attention(bench: Path, quant: Path, d: Path, threads: list[int], say, head_dim: int = 128) -> list[dict]:
+    """Attention over the KV cache: decode at depth 0 and ATTN_DEPTH per KV type (flash attention as llama-server
+    defaults to on the CPU), on a few thin layers; the difference is the cost of attending to the cache, per unit
+    = one depth token x one query head x (K + V head dims) x one layer (plan/rates.py)."""
+    from .synth import Shape, write_synth
+    shape = Shape(n_embd=ATTN_HEADS["n_head"] * head_dim, n_ff=1024, **ATTN_HEADS)
+    one = write_synth(d, "Q8_0", 1, quant, shape)
+    m = write_synth(d, "Q8_0", one.layer_bytes * ATTN_LAYERS, quant, shape)
+    say(f"calibrating attention over the KV cache (head size {head_dim}): depth 0 and {ATTN_DEPTH}, KV f16 and q8_0")
+    units = m.n_layer * shape.n_head * 2 * head_dim
+    out = []
+    for kv in ("f16", "q8_0"):
+        for r in _bench(bench, m.path, ["-p", "0", "-n", str(DECODE_TOKENS), "-d", f"0,{ATTN_DEPTH}", "-ctk", kv,
+                                        "-ctv", kv, "-t", ",".join(map(str, threads))], 300):
+            out.append({"type": kv, "threads": r["n_threads"], "depth": r.get("n_depth", 0), "tok_s": _best(r),
+                        "units_per_depth_token": units, "head_dim": head_dim})
+    return out
 
 
 def cache_key(fingerprint: str) -> str:
@@ -112,7 +144,8 @@ def load_cached(fingerprint: str, home: Path | None = None) -> dict | None:
 
 
 def load_or_calibrate(fingerprint: str, physical_cores: int, llc_bytes: int | None, refresh: bool = False,
-                      home: Path | None = None, quiet: bool = False, types: tuple[str, ...] = ()) -> dict:
+                      home: Path | None = None, quiet: bool = False, types: tuple[str, ...] = (),
+                      head_dims: tuple[int, ...] = ()) -> dict:
     """The cached calibration for this machine and build, else measured now (progress on stderr) and cached.
     types: weight types of the model at hand; those not measured yet are measured now and added to the cache."""
     from ..atomic import write_text_atomic
@@ -120,16 +153,19 @@ def load_or_calibrate(fingerprint: str, physical_cores: int, llc_bytes: int | No
     cached = None if refresh else load_cached(fingerprint, home)
     have = {d["type"] for d in (cached or {}).get("decode") or ()}
     missing = tuple(t for t in dict.fromkeys((*TYPES, *types)) if t not in have)
-    if cached is not None and not missing:
+    have_hd = {a.get("head_dim", 128) for a in (cached or {}).get("attention") or ()}
+    missing_hd = tuple(h for h in dict.fromkeys((*HEAD_DIMS, *head_dims)) if h and h not in have_hd)
+    if cached is not None and not missing and not missing_hd:
         return cached
     say = None if quiet else (lambda msg: print(f"gpcrun: {msg}", file=sys.stderr, flush=True))
     doc = calibrate(missing, physical_cores=physical_cores, llc_bytes=llc_bytes, progress=say,
-                    fixed=cached is None)
+                    fixed=cached is None, head_dims=missing_hd)
     if cached is not None:  # add the new types' figures to what was measured before
         for k in ("decode", "prefill"):
             doc[k] = cached.get(k, []) + doc[k]
         doc["models"] = {**cached.get("models", {}), **doc["models"]}
         doc["layer_fixed"] = cached.get("layer_fixed", [])
+        doc["attention"] = cached.get("attention", []) + doc["attention"]
         doc["seconds"] = round(cached.get("seconds", 0) + doc["seconds"], 1)
     doc["key"] = cache_key(fingerprint)
     write_text_atomic((home or gpcrun_home()) / FILE, json.dumps(doc, indent=1) + "\n")

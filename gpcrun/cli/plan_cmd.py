@@ -23,22 +23,31 @@ from .main import emit_json, main
 @click.option("--vram", type=click.IntRange(min=0), multiple=True, help="Plan for a GPU with this much free VRAM (MiB); repeat per GPU.")
 @click.option("--gpu", multiple=True, help="Plan for this GPU model (spec sheet), e.g. 'RTX 4090'; repeat per GPU.")
 @click.option("--refresh", is_flag=True, help="Re-measure bandwidths in the hardware profile.")
+@click.option("--profile", "profile_file", type=str, default=None,
+              help="Plan for another machine: its `gpcrun profile --calibrate --json` output (with its calibration).")
+@click.option("--cpu-threads", type=click.IntRange(min=1), default=None,
+              help="The host's llama-server default -t (its physical cores) for a machine you describe.")
+@click.option("--cpu-bandwidth", type=click.FloatRange(min=0.001), default=None,
+              help="The host's decode read rate in GB/s (what llama.cpp achieves there) instead of measured rates.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (schema gpcrun.plan/1).")
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
-def plan_cmd(model, ctx, kv_type, parallel, floor, margin, vram, gpu, refresh, as_json, server_args):
+def plan_cmd(model, ctx, kv_type, parallel, floor, margin, vram, gpu, refresh, profile_file, cpu_threads,
+             cpu_bandwidth, as_json, server_args):
     """Plan how to run MODEL with llama-server; arguments after -- are pinned and passed through.
 
     MODEL is a path, or a hub ref (hf://OWNER/REPO[@REV]/FILE.gguf, OWNER/REPO[:QUANT]): its header only is read."""
     import os
 
     from ..hub import describe
-    from ..planning import build_request, build_target, model_types, plan_with_document, resolve_model, shown_plan
+    from ..planning import (build_request, build_target, model_head_dims, model_types, plan_with_document,
+                            resolve_model, shown_plan)
     from ..planning import server_args as parse_args
     from .serve_cmd import render_changes
     sa = parse_args(list(server_args), os.environ)
     req = build_request(ctx, kv_type, parallel, floor, margin, sa)
     resolved = resolve_model(model)
-    target = build_target(vram, gpu, refresh, model_types(resolved.info))
+    target = build_target(vram, gpu, refresh, model_types(resolved.info), profile_file, cpu_threads, cpu_bandwidth,
+                          model_head_dims(resolved.info))
     runnable, doc = plan_with_document(resolved, req, sa, target,
                                        {"ctx": ctx, "kv_type": kv_type, "parallel": parallel})
     changes = doc["changes"]

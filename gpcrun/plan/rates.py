@@ -6,7 +6,9 @@ thread count, from the calibration document (gpcrun/calibrate/run.py: llama-benc
   scale it down linearly (prefill is compute-bound).
 A type that was not measured takes the measured type with the nearest bits per weight (same family -- K-quant
 or not -- first); a thread count between two measured ones is interpolated linearly, above the largest one it
-stays there (no more cores to add). The band comes from the spread of the raw samples.
+stays there (no more cores to add). The band comes from the spread of the raw samples. Attention over the KV cache is its own measured cost per
+unit of work (decode at a depth less decode at depth 0), not bytes at a weight rate: on the CPU it is far
+slower than streaming the same bytes.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class HostRates:
     source: str
     measured_at_unix: int | None = None
     layer_fixed: tuple[tuple[int, float], ...] = ()  # (threads, seconds per layer per token beyond its bytes)
+    attention: tuple[tuple[str, int, int, float], ...] = ()  # (KV type, head size, threads, s per attention unit)
 
     @classmethod
     def from_doc(cls, doc: dict) -> "HostRates | None":
@@ -54,8 +57,15 @@ class HostRates:
             if f.get("tok_s") and f.get("n_layer"):
                 t_bytes = f["bytes_per_token"] / r.decode_bytes_per_s(f.get("type", "Q8_0"), f["threads"])
                 fixed.append((int(f["threads"]), max(0.0, (1 / f["tok_s"] - t_bytes) / f["n_layer"])))
+        attn = []
+        rows = {(a["type"], a.get("head_dim", 128), a["threads"], a["depth"]): a for a in doc.get("attention") or ()}
+        for (ty, hd, t, depth), a in rows.items():  # the extra time per token at depth over depth 0, per unit
+            base = rows.get((ty, hd, t, 0))
+            if depth and base and a.get("tok_s") and base.get("tok_s"):
+                per = (1 / a["tok_s"] - 1 / base["tok_s"]) / (depth * a["units_per_depth_token"])
+                attn.append((ty.upper(), int(hd), int(t), max(0.0, per)))
         from dataclasses import replace
-        return replace(r, layer_fixed=tuple(sorted(fixed))) if fixed else r
+        return replace(r, layer_fixed=tuple(sorted(fixed)), attention=tuple(sorted(attn)))
 
     def types(self) -> list[str]:
         return sorted({t for t, _, _ in self.decode})
@@ -83,6 +93,20 @@ class HostRates:
     def layer_fixed_s(self, threads: int) -> float | None:
         """The host's measured cost per layer per token beyond its bytes, None when not measured."""
         return self._at_threads(list(self.layer_fixed), threads) if self.layer_fixed else None
+
+    def attention_s_per_unit(self, kv_type: str, threads: int, head_dim: int = 128) -> float | None:
+        """Seconds per attention unit (one cached token x one query head x (K + V head dims) x one layer) for
+        this KV type (quantized types not measured take q8_0's, float ones f16's) at the nearest head size
+        measured (the kernels differ by head size); None when not measured."""
+        kv = kv_type.upper()
+        have = {t for t, _, _, _ in self.attention}
+        if not have:
+            return None
+        if kv not in have:
+            kv = "F16" if kv in ("F16", "BF16", "F32") or "Q8_0" not in have else "Q8_0"
+            kv = kv if kv in have else sorted(have)[0]
+        hd = min({h for n, h, _, _ in self.attention if n == kv}, key=lambda h: (abs(h - head_dim), h))
+        return self._at_threads([(t, c) for n, h, t, c in self.attention if n == kv and h == hd], threads)
 
     def decode_bytes_per_s(self, type_name: str, threads: int) -> float:
         ty = self.nearest_type(type_name)

@@ -65,6 +65,7 @@ class Pinned:
     model_set: bool = False  # the user's own args name the model (-m, -hf, LLAMA_ARG_MODEL): no '-m' is added
     cache_ram_mib: int | None = None  # -cram / LLAMA_ARG_CACHE_RAM (MiB; -1 unlimited, 0 off)
     threads: int | None = None  # -t / LLAMA_ARG_THREADS (<= 0: llama-server's default, like unset)
+    threads_batch: int | None = None  # -tb (unset: the same as -t, common.cpp postprocess_cpu_params)
     passthrough: tuple[str, ...] = ()
 
 
@@ -111,6 +112,8 @@ def pinned_from(sa: ServerArgs) -> Pinned:
     p["cache_ram_mib"] = sa.int_value("cache-ram")
     t = settings.threads(sa)
     p["threads"] = t if t is not None and t > 0 else None
+    tb = sa.int_value("threads-batch")
+    p["threads_batch"] = tb if tb is not None and tb > 0 else None
     return Pinned(passthrough=tuple(sa.argv()), **p)
 
 

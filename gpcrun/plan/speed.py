@@ -26,6 +26,46 @@ def bytes_read_per_token(table: LayoutTable, pl: Placement, n_gpus: int, kv_fill
     return out
 
 
+def _host_attention_units(table: LayoutTable, pl: Placement, n_gpus: int, kv_fill: int) -> tuple[int, int]:
+    """(attention units per generated token on the host, KV bytes it reads): per layer whose cache is on the host,
+    cached tokens x query heads x (K + V elements per KV head). Recurrent layers have no depth."""
+    from ..model import GGML_QUANT_SIZES, GGML_TYPE_NAMES
+    by_name = {n: t for t, n in GGML_TYPE_NAMES.items()}
+
+    def elem_bytes(kv: str) -> float:
+        block, size = GGML_QUANT_SIZES[by_name[kv.upper()]]
+        return size / block
+
+    f = table.model.facts
+    units = kv_bytes = 0
+    for l in table.kv_layers(pl.type_k, pl.type_v):
+        if l.kind in ("recurrent", "none"):
+            continue
+        if not (pl.no_kv_offload or _layer_device(l.layer, table.n_layer, pl.ngl, n_gpus, pl.splits) == 0):
+            continue
+        fill = min(kv_fill, l.window) if (l.kind == "swa" and l.window) else kv_fill
+        nh, nkv = (_at(f.get("head_count"), l.layer) or 1), (_at(f.get("head_count_kv"), l.layer) or 1)
+        if l.kind == "mla":
+            nkv = 1  # one shared latent per token
+        elems = l.k_bytes_per_token / elem_bytes(pl.type_k) + l.v_bytes_per_token / elem_bytes(pl.type_v)
+        units += int(fill * nh / nkv * elems)
+        kv_bytes += (l.k_bytes_per_token + l.v_bytes_per_token) * fill
+    return units, kv_bytes
+
+
+def head_size(facts) -> int:
+    """The attention head size (key_length, else n_embd / n_head) that selects llama.cpp's attention kernel."""
+    k = _at(facts.get("key_length"), 0)
+    if k:
+        return int(k)
+    e, h = facts.get("embedding_length"), _at(facts.get("head_count"), 0)
+    return int(e // h) if e and h else 128
+
+
+def _at(v, i: int):
+    return v[i] if isinstance(v, (list, tuple)) else v
+
+
 def _host_read_mix(table: LayoutTable, pl: Placement, n_gpus: int, host_bytes: int, kv_fill: int) -> dict[str, int]:
     """The host's bytes read per token split by ggml type (its KV cache included), scaled to host_bytes: which
     weight types llama.cpp's CPU kernels stream decides their rate. -ot overrides are not followed here (the
@@ -79,8 +119,15 @@ def forecast(table: LayoutTable, target: Target, pl: Placement, req: Request,
             continue
         rates = getattr(dev, "decode_rates", None)
         rate = None
+        t_attn = 0.0
         if dev.kind == "host" and rates is not None:
-            rate = rates.mix_bytes_per_s(_host_read_mix(table, pl, n_gpus, reads[i], fill), threads)
+            attn_c = rates.attention_s_per_unit(pl.type_k, threads, head_size(table.model.facts))
+            weight_reads = reads[i]
+            if attn_c is not None:  # the cache's cost is measured attention work, not bytes at a weight rate
+                units, kv_b = _host_attention_units(table, pl, n_gpus, fill)
+                weight_reads, t_attn = reads[i] - kv_b, units * attn_c
+            rate = rates.mix_bytes_per_s(_host_read_mix(table, pl, n_gpus, weight_reads, 0 if attn_c else fill),
+                                         threads)
             measured_host = rate is not None
         if rate is None and dev.bandwidth_bytes_per_s:
             rate = dev.bandwidth_bytes_per_s * DEFAULT_EFFICIENCY[dev.kind]
@@ -93,7 +140,10 @@ def forecast(table: LayoutTable, target: Target, pl: Placement, req: Request,
             fixed = rates.layer_fixed_s(threads)
         if fixed is None:
             fixed = GPU_LAYER_OVERHEAD_S if dev.kind == "gpu" else CPU_LAYER_OVERHEAD_S
-        t_expected += reads[i] / rate + n_layers_on[i] * fixed
+        if measured_host and dev.kind == "host" and t_attn:
+            t_expected += (reads[i] - kv_b) / rate + t_attn + n_layers_on[i] * fixed
+        else:
+            t_expected += reads[i] / rate + n_layers_on[i] * fixed
     per_dev = {d.name: reads[i] for i, d in enumerate(target.devices)}
     flops = None
     gpu_flops = [d.flops for d in target.gpus if d.flops]
@@ -119,7 +169,7 @@ def forecast(table: LayoutTable, target: Target, pl: Placement, req: Request,
             mix: dict[str, int] = {}
             for t in table.model.tensors:
                 mix[t.type_name] = mix.get(t.type_name, 0) + t.n_bytes
-            pps = rates.prefill_params_per_s(mix, threads)
+            pps = rates.prefill_params_per_s(mix, req.pinned.threads_batch or threads)
             params = _active_params(table)
             if pps and params:
                 # a batch routes its tokens to (nearly) every expert: all expert weights are read once per
