@@ -342,6 +342,27 @@ def breach_latency(run_dir: Path, progress: Path) -> dict:
             "leaked_mib": alloc[-1] / MIB, "samples": len(samples), "rule": inc["rule"]}
 
 
+def _available_tracks_allocations() -> str | None:
+    """None when this machine's MemAvailable falls as a process allocates, else why not. Some sandboxes (gVisor
+    synthesises /proc/meminfo) report 1 GiB of new anonymous memory as ~0.1 GiB less available: a watchdog
+    judging host memory cannot see a leak there, and neither can these tests."""
+    before = read_host_memory().effective_available_bytes
+    block = bytearray(os.urandom(1 << 20)) * 512  # 512 MiB, touched
+    after = read_host_memory().effective_available_bytes
+    del block
+    if before - after >= 384 * MIB:
+        return None
+    return (f"MemAvailable fell {(before - after) // MIB} MiB while this process allocated 512 MiB: this machine's"
+            " memory accounting does not follow allocations, so no leak can be judged here")
+
+
+@pytest.fixture
+def tracked_memory():
+    why = _available_tracks_allocations()
+    if why:
+        pytest.skip(why)
+
+
 def run_bomb(serve, tmp_path: Path, model: Path, term_below_now_mib: int = 400, kill_below_now_mib: int = 1100,
              preexec_fn=None, available=None, fake_args: tuple[str, ...] = (),
              grace_s: float = 2) -> tuple[Serve, dict, Path]:
@@ -374,7 +395,7 @@ def disturbed(s: Serve, progress: Path, avail_mib: int, tolerance_mib: int = 200
     return None
 
 
-def test_memory_bomb_is_stopped_by_the_watchdog_within_250_ms(serve, tmp_path, tiny_models, record_property):
+def test_memory_bomb_is_stopped_by_the_watchdog_within_250_ms(serve, tmp_path, tiny_models, record_property, tracked_memory):
     """20 rounds: a fake server leaking 1 GB/s; the SIGTERM line ~400 MiB below what is available now. Exit 13,
     incident.json with host_term, the samples and advice; the SIGTERM arrives <= 250 ms after the crossing."""
     model = tiny_models["tiny-llama-q8_0"]
@@ -432,7 +453,7 @@ def _bomb_undisturbed(serve, tmp_path, model, tries: int = 4, **kw):
     pytest.fail("other processes kept moving available memory by > 200 MiB")
 
 
-def test_sigterm_deaf_leak_gets_sigkill_at_the_kill_line(serve, tmp_path, tiny_models):
+def test_sigterm_deaf_leak_gets_sigkill_at_the_kill_line(serve, tmp_path, tiny_models, tracked_memory):
     """The leaking server ignores SIGTERM: right after the SIGTERM the watchdog keeps sampling and the SIGKILL
     line acts at once (no waiting out the 2 s settle time while memory keeps filling)."""
     siglog = tmp_path / "signals.txt"
@@ -456,7 +477,7 @@ def test_sigterm_deaf_leak_gets_sigkill_at_the_kill_line(serve, tmp_path, tiny_m
     assert "SIGKILL" in s.stderr()
 
 
-def test_sigterm_deaf_server_after_a_watchdog_sigterm_is_killed_after_the_grace(serve, tmp_path, tiny_models):
+def test_sigterm_deaf_server_after_a_watchdog_sigterm_is_killed_after_the_grace(serve, tmp_path, tiny_models, tracked_memory):
     """The leak stops between the lines and ignores SIGTERM: gpcrun's --grace (1 s) after the watchdog's SIGTERM
     ends it with SIGKILL, not the watchdog's later repeat and not the leak's own exit."""
     siglog = tmp_path / "signals.txt"
