@@ -57,12 +57,14 @@ def test_serve_with_llama_servers_own_hf_flag_plans_from_the_header(hub, run_env
     p = gp(run_env, "serve", "-hf", f"{MOE}:Q8_0", "-c", "100000000", *FAST[1:], rc=10)
     assert "refuse" in p.stderr
     assert hub.bytes_served(MOE, "sub/tiny-qwen3moe-q8_0.gguf") < files["tiny-qwen3moe-q8_0"].stat().st_size
-    plan = json.loads(sorted((Path(run_env["GPCRUN_HOME"]) / "runs").glob("*/plan.json"))[-1].read_text())
+    plan = _last_plan(run_env)
     assert "-m" not in plan["argv"] and plan["argv"][plan["argv"].index("-hf") + 1] == f"{MOE}:Q8_0"
 
 
 def _last_plan(run_env) -> dict:
-    return json.loads(sorted((Path(run_env["GPCRUN_HOME"]) / "runs").glob("*/plan.json"))[-1].read_text())
+    """The newest plan.json (run ids sort by second only: two runs in one second sort by their random part)."""
+    plans = (Path(run_env["GPCRUN_HOME"]) / "runs").glob("*/plan.json")
+    return json.loads(max(plans, key=lambda p: p.stat().st_mtime_ns).read_text())
 
 
 def test_hf_plans_the_projector_llama_server_loads_beside_the_model(hub, run_env, files):  # noqa: F811
