@@ -92,7 +92,7 @@ def _host_read_mix(table: LayoutTable, pl: Placement, n_gpus: int, host_bytes: i
 
 def decode_threads(req: Request, target: Target) -> int:
     """The threads llama-server decodes with: -t as given, else its default (common.cpp common_cpu_get_num_math:
-    the physical cores), no more than the CPU quota lets run at once."""
+    the physical cores). A CPU quota below that is not modelled."""
     return max(1, req.pinned.threads or target.threads or 1)
 
 
@@ -117,33 +117,30 @@ def forecast(table: LayoutTable, target: Target, pl: Placement, req: Request,
     for i, dev in enumerate(target.devices):
         if reads[i] == 0:
             continue
-        rates = getattr(dev, "decode_rates", None)
-        rate = None
-        t_attn = 0.0
-        if dev.kind == "host" and rates is not None:
+        rates = dev.decode_rates if dev.kind == "host" else None
+        rate, weight_reads, t_attn = None, reads[i], 0.0
+        if rates is not None:
             attn_c = rates.attention_s_per_unit(pl.type_k, threads, head_size(table.model.facts))
-            weight_reads = reads[i]
             if attn_c is not None:  # the cache's cost is measured attention work, not bytes at a weight rate
                 units, kv_b = _host_attention_units(table, pl, n_gpus, fill)
                 weight_reads, t_attn = reads[i] - kv_b, units * attn_c
             rate = rates.mix_bytes_per_s(_host_read_mix(table, pl, n_gpus, weight_reads, 0 if attn_c else fill),
                                          threads)
             measured_host = rate is not None
-        if rate is None and dev.bandwidth_bytes_per_s:
-            rate = dev.bandwidth_bytes_per_s * DEFAULT_EFFICIENCY[dev.kind]
+        if rate is None:
+            weight_reads, t_attn = reads[i], 0.0
+            if dev.bandwidth_bytes_per_s:
+                rate = dev.bandwidth_bytes_per_s * DEFAULT_EFFICIENCY[dev.kind]
         if rate is None:
             unknown = True
             continue
         t_ceiling += reads[i] / max(rate, dev.bandwidth_bytes_per_s or 0)
-        fixed = getattr(dev, "layer_fixed_s", None)
-        if fixed is None and dev.kind == "host" and measured_host:
+        fixed = dev.layer_fixed_s
+        if fixed is None and rates is not None and measured_host:
             fixed = rates.layer_fixed_s(threads)
         if fixed is None:
             fixed = GPU_LAYER_OVERHEAD_S if dev.kind == "gpu" else CPU_LAYER_OVERHEAD_S
-        if measured_host and dev.kind == "host" and t_attn:
-            t_expected += (reads[i] - kv_b) / rate + t_attn + n_layers_on[i] * fixed
-        else:
-            t_expected += reads[i] / rate + n_layers_on[i] * fixed
+        t_expected += weight_reads / rate + t_attn + n_layers_on[i] * fixed
     per_dev = {d.name: reads[i] for i, d in enumerate(target.devices)}
     flops = None
     gpu_flops = [d.flops for d in target.gpus if d.flops]
