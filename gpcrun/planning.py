@@ -146,7 +146,7 @@ def model_head_dims(info) -> tuple[int, ...]:
 
 def host_calibration(profile_doc: dict, types: Sequence[str] = (), head_dims: Sequence[int] = ()) -> dict | None:
     """The llama-bench calibration of this machine and build (gpcrun/calibrate): cached, else measured now once
-    (progress on stderr, ~30 s on 2 cores). GPCRUN_CALIBRATE=cached uses only a cached one, =off never one:
+    (progress on stderr, 30-40 s on 2 cores). GPCRUN_CALIBRATE=cached uses only a cached one, =off never one:
     the forecast then falls back to the one-thread copy bandwidth and says so."""
     from .calibrate import llc_bytes, load_cached, load_or_calibrate
     mode = os.environ.get("GPCRUN_CALIBRATE", "auto").lower()
