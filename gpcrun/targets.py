@@ -63,6 +63,13 @@ def gpu_from_spec(spec: GpuSpec, index: int, free_bytes: int | None = None) -> D
                         layer_fixed_s=spec.layer_fixed_s)
 
 
+def default_threads(doc: Mapping[str, Any]) -> int | None:
+    """llama-server's default -t on the profiled machine: its physical cores (common.cpp
+    common_cpu_get_num_math), else the usable CPUs when the core count is unknown."""
+    plat = doc.get("platform") or {}
+    return plat.get("cores_physical") or plat.get("cpus_usable")
+
+
 def target_from_profile(doc: Mapping[str, Any], vram_mib: Sequence[int] = (),
                         specs: Sequence[GpuSpec] = (), calibration: Mapping[str, Any] | None = None,
                         cpu_threads: int | None = None, cpu_rate_bytes_per_s: float | None = None) -> Target:
@@ -92,6 +99,5 @@ def target_from_profile(doc: Mapping[str, Any], vram_mib: Sequence[int] = (),
     else:
         gpus = gpus_from_profile(doc)
     plat = doc.get("platform") or {}
-    # llama-server's default -t: the physical cores (common.cpp common_cpu_get_num_math)
-    threads = cpu_threads or plat.get("cores_physical") or plat.get("cpus_usable")
+    threads = cpu_threads or default_threads(doc)
     return Target(host, tuple(gpus), doc.get("fingerprint"), threads, tuple(plat.get("isa") or ()))

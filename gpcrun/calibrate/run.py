@@ -1,10 +1,12 @@
 """Calibration with llama.cpp's own kernels: llama-bench on synthetic models (synth.py), one weight type each.
 
-Measures, on the CPU backend (-ngl 0), for each weight type:
-- decode: tokens/s of 16 generated tokens at each thread count that matters (1, powers of two, the physical
-  cores), turned into effective bytes/s = layer bytes read per token x tok/s, the basis of every host-side
-  term of the forecast;
-- prefill: tokens/s of a 64-token prompt at the largest thread count.
+Measures, on the CPU backend (-ngl 0, weights read into memory, the best of REPS repetitions), at each thread
+count that matters (1, powers of two, the physical cores):
+- decode: tokens/s of DECODE_TOKENS generated tokens per weight type, turned into effective bytes/s = layer
+  bytes read per token x tok/s, the basis of every host-side term of the forecast;
+- prefill: tokens/s of a PREFILL_TOKENS-token prompt per weight type, at the largest thread count;
+- the per-layer cost: FIXED_LAYERS thin layers, whose time per token is mostly that cost;
+- attention over the KV cache: decode at depth ATTN_DEPTH less decode at depth 0, per KV type and head size.
 Raw samples are kept. The document is cached per machine (the profile fingerprint) and llama.cpp build (the
 llama-bench binary's identity) at $GPCRUN_HOME/calibration.json; `gpcrun profile --calibrate` redoes it.
 """
@@ -17,10 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..plan.constants import PREFILL_BATCH_TOKENS as PREFILL_TOKENS  # one number for calibration and forecast
+
 SCHEMA = "gpcrun.calibration/1"
 TYPES = ("Q4_0", "Q4_K", "Q8_0", "F16")
 DECODE_TOKENS = 8
-from ..plan.constants import PREFILL_BATCH_TOKENS as PREFILL_TOKENS  # noqa: E402 - one number for both
 REPS = 3  # the best of 3: a busy neighbour only ever slows a run down
 FILE = "calibration.json"
 
@@ -138,7 +141,7 @@ def load_cached(fingerprint: str, home: Path | None = None) -> dict | None:
     try:
         doc = json.loads(path.read_text())
         key = cache_key(fingerprint)
-    except (OSError, ValueError, Exception):  # noqa: BLE001 - no cache, or no llama-bench to key it by
+    except Exception:  # noqa: BLE001 - no cache, a damaged one, or no llama-bench to key it by
         return None
     return doc if doc.get("schema") == SCHEMA and doc.get("key") == key else None
 

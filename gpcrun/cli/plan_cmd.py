@@ -98,7 +98,7 @@ def render_plan(plan, changes_text: str = "") -> str:
 
 def _calibration_age(target) -> str:
     """'; calibration 2.5 h old' when the host's rates were measured (gpcrun profile --calibrate)."""
-    r = getattr(target.host, "decode_rates", None)
+    r = target.host.decode_rates
     if r is None or not r.measured_at_unix:
         return ""
     import time

@@ -22,9 +22,9 @@ def profile_cmd(as_json: bool, refresh: bool, disk: str | None, calibrate: bool)
     prof = get_profile(refresh=refresh, disk=disk)
     doc = prof.to_json()
     if calibrate:
-        plat = doc.get("platform") or {}
-        cal = load_or_calibrate(prof.fingerprint, plat.get("cores_physical") or plat.get("cpus_usable") or 1,
-                                llc_bytes(), refresh=refresh, quiet=as_json)
+        from ..targets import default_threads
+        cal = load_or_calibrate(prof.fingerprint, default_threads(doc) or 1, llc_bytes(), refresh=refresh,
+                                quiet=as_json)
     else:
         cal = load_cached(prof.fingerprint)
     if as_json:

@@ -6,13 +6,13 @@ thread count, from the calibration document (gpcrun/calibrate/run.py: llama-benc
   scale it down linearly (prefill is compute-bound).
 A type that was not measured takes the measured type with the nearest bits per weight (same family -- K-quant
 or not -- first); a thread count between two measured ones is interpolated linearly, above the largest one it
-stays there (no more cores to add). The band comes from the spread of the raw samples. Attention over the KV cache is its own measured cost per
-unit of work (decode at a depth less decode at depth 0), not bytes at a weight rate: on the CPU it is far
-slower than streaming the same bytes.
+stays there (no more cores to add). The band comes from the spread of the raw samples. Attention over the KV
+cache is its own measured cost per unit of work (decode at a depth less decode at depth 0), not bytes at a
+weight rate: on the CPU it is far slower than streaming the same bytes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..model import GGML_QUANT_SIZES, GGML_TYPE_NAMES
 
@@ -64,14 +64,15 @@ class HostRates:
             if depth and base and a.get("tok_s") and base.get("tok_s"):
                 per = (1 / a["tok_s"] - 1 / base["tok_s"]) / (depth * a["units_per_depth_token"])
                 attn.append((ty.upper(), int(hd), int(t), max(0.0, per)))
-        from dataclasses import replace
         return replace(r, layer_fixed=tuple(sorted(fixed)), attention=tuple(sorted(attn)))
 
     def types(self) -> list[str]:
         return sorted({t for t, _, _ in self.decode})
 
-    def nearest_type(self, type_name: str) -> str:
-        have = self.types()
+    def nearest_type(self, type_name: str, have: list[str] | None = None) -> str:
+        """type_name if measured (among `have`, default the decode types), else the nearest bits per weight,
+        same family (K-quant or not) first."""
+        have = sorted(have) if have is not None else self.types()
         if type_name in have:
             return type_name
         bpw = bits_per_weight(type_name)
@@ -123,14 +124,13 @@ class HostRates:
         """Parameter-tokens/s for a mix of types (weighted like mix_bytes_per_s), None when not measured."""
         if not self.prefill:
             return None
-        have = {t for t, _, _ in self.prefill}
+        have = sorted({t for t, _, _ in self.prefill})
         total = sum(mix.values())
         if total <= 0:
             return None
         t_sum = 0.0
         for ty, b in mix.items():
-            near = ty if ty in have else min(have, key=lambda h: abs((bits_per_weight(h) or 99) -
-                                                                      (bits_per_weight(ty) or 99)))
+            near = self.nearest_type(ty, have)
             pts = sorted((t, r) for n, t, r in self.prefill if n == near)
             if threads < pts[0][0]:  # compute-bound: below the fewest threads measured, linear in threads
                 rate = pts[0][1] * threads / pts[0][0]

@@ -29,12 +29,10 @@ def bytes_read_per_token(table: LayoutTable, pl: Placement, n_gpus: int, kv_fill
 def _host_attention_units(table: LayoutTable, pl: Placement, n_gpus: int, kv_fill: int) -> tuple[int, int]:
     """(attention units per generated token on the host, KV bytes it reads): per layer whose cache is on the host,
     cached tokens x query heads x (K + V elements per KV head). Recurrent layers have no depth."""
-    from ..model import GGML_QUANT_SIZES, GGML_TYPE_NAMES
-    by_name = {n: t for t, n in GGML_TYPE_NAMES.items()}
+    from .rates import bits_per_weight
 
     def elem_bytes(kv: str) -> float:
-        block, size = GGML_QUANT_SIZES[by_name[kv.upper()]]
-        return size / block
+        return bits_per_weight(kv.upper()) / 8
 
     f = table.model.facts
     units = kv_bytes = 0
