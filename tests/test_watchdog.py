@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from gpcrun.launch.watchdog import (GIB, MIB, NONE, Action, Envelope, GpuSample, Limits, Sample, Watchdog, decide,
-                                    make_sampler, next_interval)
+                                    make_sampler, next_interval, seen_available)
 
 LIM = Limits(host_term_available_bytes=2 * GIB, host_kill_available_bytes=1 * GIB, gpu_min_free_bytes=256 * MIB,
              gpu_consecutive=3, temp_warn_c=85, temp_abort_c=90, power_warn_frac=1.0, power_abort_frac=1.1,
@@ -23,9 +23,10 @@ def gpu(free_mib=8000, index=0, temp=None, power_w=None, limit_w=None, unified=F
                      None if limit_w is None else limit_w * 1000, temp, unified)
 
 
-def smp(t=0.0, avail_gib=10.0, gpus=(), limit_gib=32.0, rss_mib=500):
+def smp(t=0.0, avail_gib=10.0, gpus=(), limit_gib=32.0, rss_mib=500, anon_mib=None):
     return Sample(t, 1e9 + t, None if avail_gib is None else int(avail_gib * GIB), int(limit_gib * GIB), 0, None,
-                  None, None, None if rss_mib is None else rss_mib * MIB, tuple(gpus))
+                  None, None, None if rss_mib is None else rss_mib * MIB, tuple(gpus),
+                  None if anon_mib is None else anon_mib * MIB)
 
 
 def series(*avail_gib, dt=0.5, gpus=None):
@@ -100,6 +101,44 @@ def test_default_limits():
     small = Limits.defaults(8 * GIB)
     assert small.host_term_available_bytes == GIB  # max(5 %, 1 GiB)
     assert Limits.defaults(None).host_term_available_bytes == GIB
+
+
+# ------------------------------------------------------------------------------------------------ seen_available
+
+def grow(*rows, dt=0.25):
+    """(available GiB, server anonymous MiB) per sample, dt apart."""
+    return [smp(i * dt, a, anon_mib=m) for i, (a, m) in enumerate(rows)]
+
+
+@pytest.mark.parametrize("name,samples,seen_gib", [
+    ("no samples", [], None),
+    ("accounting current: the reading fell with the growth", grow((10, 0), (9, 1024), (8, 2048)), 8),
+    ("accounting lags: reading still 10, the server took 3 GiB", grow((10, 0), (10, 1024), (10, 3072)), 7),
+    ("half seen: the reading fell 1 of 3 GiB", grow((10, 0), (9.5, 1024), (9, 3072)), 7),
+    ("the server freed memory: nothing to add", grow((8, 3072), (8, 1024), (9, 0)), 9),
+    ("others freed what the server took: the growth still counts", grow((10, 0), (10, 2048)), 8),
+    ("anonymous memory unknown: the reading as is", grow((10, None), (10, None)), 10),
+    ("unknown in the older sample: skipped", grow((10, None), (10, 1024), (10, 1024)), 10),
+    ("older than the window: not held against now", [smp(0, 10, anon_mib=0), smp(11, 10, anon_mib=2048)], 10),
+    ("within the window", [smp(0, 10, anon_mib=0), smp(9.5, 10, anon_mib=2048)], 8),
+])
+def test_seen_available(name, samples, seen_gib):
+    got = seen_available(LIM, samples)
+    assert got == (None if seen_gib is None else int(seen_gib * GIB)), name
+
+
+def test_decide_sees_a_leak_the_reading_has_not_caught_up_with():
+    lagging = grow((10, 0), (10, 4096), (10, 8704), dt=0.1)  # 8.5 GiB in 0.2 s, the reading unmoved
+    assert decide(LIM, lagging[:2]) == NONE
+    a = decide(LIM, lagging)
+    assert (a.kind, a.rule) == ("term", "host_term") and "MemAvailable still reads 10240 MiB" in a.message
+    assert decide(LIM, lagging + [smp(0.3, 10, anon_mib=9300)]).kind == "kill"
+
+
+def test_next_interval_polls_fast_while_the_server_grows_unseen():
+    lim = Limits(host_term_available_bytes=2 * GIB, host_kill_available_bytes=1 * GIB, assumed_fill_bytes_per_s=0)
+    assert next_interval(lim, grow((10, 0), (10, 0), dt=0.5)) == lim.poll_max_s
+    assert next_interval(lim, grow((10, 0), (10, 4096), dt=0.5)) < 0.6  # 8 GiB/s seen: 4 GiB of headroom left
 
 
 # ------------------------------------------------------------------------------------------------ next_interval

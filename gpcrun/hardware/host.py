@@ -104,9 +104,18 @@ def read_platform(root: str = "/", env: Mapping[str, str] | None = None) -> Plat
 
 def tree_rss_bytes(pid: int) -> int | None:
     """Resident memory of ``pid`` and all its descendants; None when the process is gone or unreadable."""
+    return tree_memory_bytes(pid)[0]
+
+
+def tree_memory_bytes(pid: int) -> tuple[int | None, int | None]:
+    """(resident, anonymous resident) bytes of ``pid`` and all its descendants, (None, None) when the process is
+    gone or unreadable. Anonymous = rss - shared (psutil's Linux memory_info: /proc/PID/statm resident minus
+    file-backed and shmem pages): memory only this tree holds, which the page cache cannot give back."""
     try:
         p = psutil.Process(pid)
-        procs = [p] + p.children(recursive=True)
-        return sum(x.memory_info().rss for x in procs)
+        infos = [x.memory_info() for x in [p] + p.children(recursive=True)]
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return None
+        return None, None
+    rss = sum(i.rss for i in infos)
+    anon = sum(max(0, i.rss - getattr(i, "shared", 0)) for i in infos)
+    return rss, anon

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from ..hardware.host import tree_rss_bytes
+from ..hardware.host import tree_memory_bytes
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -43,6 +43,7 @@ class Sample:
     psi_some_avg10: float | None
     child_rss_bytes: int | None  # the server's whole process tree
     gpus: tuple[GpuSample, ...] = ()
+    child_anon_bytes: int | None = None  # the tree's anonymous resident memory (rss - file-backed - shmem)
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
@@ -66,6 +67,8 @@ class Limits:
     # earlyoom's rule of thumb: poll as if memory could fill this fast even while it looks idle, so a load or
     # a leak that starts between two polls cannot eat the headroom above the SIGTERM line unseen
     assumed_fill_bytes_per_s: float = 6000 * MIB
+    # how far back the server's own growth is checked against the fall of host available memory (see seen_available)
+    accounting_window_s: float = 10.0
 
     @classmethod
     def defaults(cls, host_limit_bytes: int | None, **kw) -> "Limits":
@@ -88,19 +91,43 @@ class Action:
 NONE = Action("none")
 
 
+def seen_available(limits: Limits, samples: Sequence[Sample]) -> int | None:
+    """Host memory available as the watchdog judges it: the newest reading, lowered where it has not yet fallen by
+    what the server itself took. For each sample r of the last accounting_window_s, available now is at most
+    available(r) - (the server's anonymous memory now - then): its own new anonymous pages cannot come back from
+    the page cache (memory it freed loosens that bound; the newest reading still caps it). Where the kernel's accounting is current this changes nothing (the reading already fell by at
+    least that much, unless other processes freed memory meanwhile); where it lags behind allocations (a gVisor
+    sandbox's synthesised /proc/meminfo fell 54-700 MiB while 512-873 MiB were allocated), a fast leak is seen as
+    it happens, not a second later. Pure."""
+    if not samples:
+        return None
+    s = samples[-1]
+    av = s.host_available_bytes
+    if av is None or s.child_anon_bytes is None:
+        return av
+    for r in samples:
+        if (r.host_available_bytes is not None and r.child_anon_bytes is not None
+                and s.t_mono - r.t_mono <= limits.accounting_window_s):
+            av = min(av, r.host_available_bytes - (s.child_anon_bytes - r.child_anon_bytes))
+    return av
+
+
 def decide(limits: Limits, samples: Sequence[Sample]) -> Action:
     """The most severe action the newest samples call for. Pure."""
     if not samples:
         return NONE
     samples = list(samples)
     s = samples[-1]
-    av = s.host_available_bytes
+    av = seen_available(limits, samples)
+    lag = ""
+    if av is not None and s.host_available_bytes is not None and av < s.host_available_bytes:
+        lag = f" (MemAvailable still reads {s.host_available_bytes // MIB} MiB; the server's own growth says less)"
     if av is not None and av < limits.host_kill_available_bytes:
         return Action("kill", "host_kill", f"host memory available {av // MIB} MiB is below the kill line"
-                      f" {limits.host_kill_available_bytes // MIB} MiB")
+                      f" {limits.host_kill_available_bytes // MIB} MiB{lag}")
     if av is not None and av < limits.host_term_available_bytes:
         return Action("term", "host_term", f"host memory available {av // MIB} MiB is below"
-                      f" {limits.host_term_available_bytes // MIB} MiB")
+                      f" {limits.host_term_available_bytes // MIB} MiB{lag}")
     n = limits.gpu_consecutive
     if len(samples) >= n:
         recent = samples[-n:]
@@ -146,17 +173,19 @@ def next_interval(limits: Limits, samples: Sequence[Sample]) -> float:
     """Time until the headroom above the SIGTERM line is gone, / 4, clamped to [poll_min_s, poll_max_s].
     Host memory is assumed to fill at least at assumed_fill_bytes_per_s (faster when measured faster); a GPU's
     free VRAM at its measured rate. Slow when idle with a wide headroom, fast when memory moves or is short."""
+    samples = list(samples)
     if len(samples) < 2:
         return limits.poll_min_s
     a, b = samples[len(samples) - 2], samples[len(samples) - 1]
     dt = b.t_mono - a.t_mono
-    if dt <= 0 or a.host_available_bytes is None or b.host_available_bytes is None:
+    av_a, av_b = seen_available(limits, samples[:-1]), seen_available(limits, samples)
+    if dt <= 0 or av_a is None or av_b is None:
         return limits.poll_min_s
-    host_rate = max((a.host_available_bytes - b.host_available_bytes) / dt,  # bytes/s being used up
+    host_rate = max((av_a - av_b) / dt,  # bytes/s being used up
                     limits.assumed_fill_bytes_per_s or 0.0)
     times = []
     if host_rate > 0:
-        times.append((b.host_available_bytes - limits.host_term_available_bytes) / host_rate)
+        times.append((av_b - limits.host_term_available_bytes) / host_rate)
     for g_b in b.gpus:
         g_a = next((x for x in a.gpus if x.index == g_b.index), None)
         if g_b.unified_memory or not g_a or g_a.free_bytes is None or g_b.free_bytes is None:
@@ -184,6 +213,7 @@ def make_sampler(child_pid: Callable[[], int | None], nvml=None, gpu_static: Seq
         hm = host_reader()
         cg = hm.cgroup
         pid = child_pid()
+        rss, anon = tree_memory_bytes(pid) if pid else (None, None)
         gpus: tuple[GpuSample, ...] = ()
         if nvml is not None:
             vols = nvml.sample({g.nvml_index: bool(g.unified_memory) for g in static})
@@ -191,7 +221,7 @@ def make_sampler(child_pid: Callable[[], int | None], nvml=None, gpu_static: Seq
         return Sample(clock(), time.time(), hm.effective_available_bytes, hm.effective_limit_bytes,
                       hm.swap_free_bytes, getattr(cg, "current_bytes", None), getattr(cg, "max_bytes", None),
                       getattr(getattr(cg, "pressure", None), "some_avg10_pct", None),
-                      tree_rss_bytes(pid) if pid else None, gpus)
+                      rss, gpus, anon)
     return sample
 
 
@@ -265,7 +295,7 @@ class Watchdog:
     """Background thread: sample -> decide -> act. `act(action)` signals the child (the supervisor owns it)."""
 
     def __init__(self, limits: Limits, sample: Callable[[], Sample], act: Callable[[Action], None],
-                 on_warn: Callable[[Action], None] | None = None, samples_path=None, keep: int = 50,
+                 on_warn: Callable[[Action], None] | None = None, samples_path=None, keep: int = 120,
                  after_kill_wait_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self.sample = sample
@@ -295,8 +325,10 @@ class Watchdog:
         self.recent.append(s)
         self.envelope.add(s)
         if self.samples_path:
+            row = s.to_json()
+            row["host_available_seen_bytes"] = seen_available(self.limits, self.recent)  # what decide() judged
             with open(self.samples_path, "a") as f:
-                f.write(json.dumps(s.to_json()) + "\n")
+                f.write(json.dumps(row) + "\n")
 
     def _settling(self, action: Action) -> bool:
         """True while the server was just signalled and gets after_kill_wait_s to exit: a repeat of the same
