@@ -155,10 +155,10 @@ def host_calibration(profile_doc: dict, types: Sequence[str] = (), head_dims: Se
         return None
     if mode == "cached":
         return load_cached(fp)
-    from .targets import default_threads
+    from .targets import default_threads, gpu_names
     try:
         return load_or_calibrate(fp, default_threads(profile_doc) or 1, llc_bytes(), types=tuple(types),
-                                 head_dims=tuple(head_dims))
+                                 head_dims=tuple(head_dims), devices=gpu_names(profile_doc))
     except Exception as e:  # noqa: BLE001 - no llama-bench, a failed run: the labelled fallback, with the reason
         import sys
         print(f"gpcrun: warning: calibration failed ({e}); speed forecast from the one-thread copy bandwidth",

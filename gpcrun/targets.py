@@ -48,7 +48,7 @@ def gpus_from_profile(doc: Mapping[str, Any]) -> list[DeviceTarget]:
         vol = d.get("volatile") or {}
         spec = _spec_for_name(d.get("name") or "")
         out.append(DeviceTarget(
-            f"CUDA{d.get('cuda_index', len(out))}", "gpu", vol.get("free_bytes"),
+            gpu_names(doc)[len(out)], "gpu", vol.get("free_bytes"),
             spec.bandwidth_bytes_per_s if spec else None, DEFAULT_GPU_RUNTIME_OVERHEAD_BYTES,
             spec.fp16_tflops * 1e12 if spec else None,
             f"nvml free now; bandwidth {'spec sheet ' + spec.name if spec else 'unknown (no spec for this name)'}",
@@ -61,6 +61,19 @@ def gpu_from_spec(spec: GpuSpec, index: int, free_bytes: int | None = None) -> D
     return DeviceTarget(f"CUDA{index}", "gpu", cap, spec.bandwidth_bytes_per_s, DEFAULT_GPU_RUNTIME_OVERHEAD_BYTES,
                         spec.fp16_tflops * 1e12, f"spec sheet: {spec.name} ({spec.source})",
                         layer_fixed_s=spec.layer_fixed_s)
+
+
+def _with_device_rates(g: DeviceTarget, dev_doc: Mapping[str, Any] | None) -> DeviceTarget:
+    from .plan.rates import HostRates
+    rates = HostRates.from_doc(dev_doc) if dev_doc and not dev_doc.get("error") else None
+    if rates is None:
+        return g
+    return replace(g, decode_rates=rates, source=g.source + "; decode rates: " + rates.source)
+
+
+def gpu_names(doc: Mapping[str, Any]) -> tuple[str, ...]:
+    """llama.cpp's names (CUDA0 ...) of the profiled machine's GPUs, as gpus_from_profile names them."""
+    return tuple(f"CUDA{d.get('cuda_index', i)}" for i, d in enumerate((doc.get("gpus") or {}).get("devices") or ()))
 
 
 def default_threads(doc: Mapping[str, Any]) -> int | None:
@@ -98,6 +111,8 @@ def target_from_profile(doc: Mapping[str, Any], vram_mib: Sequence[int] = (),
                                          None, "--vram (bandwidth unknown: add --gpu NAME for a speed forecast)"))
     else:
         gpus = gpus_from_profile(doc)
+    if calibration and not specs and not vram_mib:  # this machine's GPUs as llama-bench measured them
+        gpus = [_with_device_rates(g, (calibration.get("devices") or {}).get(g.name)) for g in gpus]
     plat = doc.get("platform") or {}
     threads = cpu_threads or default_threads(doc)
     return Target(host, tuple(gpus), doc.get("fingerprint"), threads, tuple(plat.get("isa") or ()))

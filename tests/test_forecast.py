@@ -131,3 +131,80 @@ def test_attention_over_the_cache_is_measured_work_not_bytes():
 
 def _pl_cpu() -> Placement:
     return Placement(ngl=0, n_cpu_moe=0, ctx=32768, type_k="f16", type_v="f16")
+
+
+def test_a_calibrated_second_device_adds_its_own_time():
+    """A device other than the host with llama-bench-measured rates (a GPU, or a ggml-rpc-server standing in for
+    one): each device's bytes at its own measured rate + its layers x its own measured per-layer cost; the host
+    alone plus the device alone bracket a split, and the split's time is their shares summed."""
+    m = moe_model(n_vocab=32000)
+    host_r = HostRates((("Q4_0", 2, 10e9), ("Q8_0", 2, 12e9)), (("Q4_0", 2, 1e12), ("Q8_0", 2, 1e12)), (0.9, 1.05),
+                       "host", layer_fixed=((2, 20e-6),))
+    dev_r = HostRates((("Q4_0", 2, 40e9), ("Q8_0", 2, 50e9)), (("Q4_0", 2, 4e12), ("Q8_0", 2, 4e12)), (0.97, 1.1),
+                      "rpc", layer_fixed=((2, 5e-6),))
+    target = Target(DeviceTarget("CPU", "host", 100 << 30, 21.5e9, decode_rates=host_r),
+                    (DeviceTarget("RPC0", "gpu", 100 << 30, None, decode_rates=dev_r),), None, 2)
+    table = LayoutTable(m, (), 1)
+    req = Request(ctx=32768, decode_at_tokens=0, pinned=Pinned(threads=2))
+
+    def pl(ngl, k=0):
+        return Placement(ngl=ngl, n_cpu_moe=k, ctx=32768, type_k="f16", type_v="f16")
+    split = forecast(table, target, pl(24), req)
+    reads = bytes_read_per_token(table, pl(24), 1, 0)
+    host_s = reads[0] / host_r.mix_bytes_per_s({"Q4_0": 3, "Q8_0": 1}, 2)  # only the type mix is approximated
+    assert split.calibrated and "GPU rates measured by llama-bench" in split.method
+    assert 1 / split.decode_tok_s == pytest.approx(reads[0] / 11e9 + 24 * 20e-6 + reads[1] / 45e9 + 24 * 5e-6,
+                                                   rel=0.15)
+    assert host_s > 0
+    assert split.decode_band_tok_s == pytest.approx((split.decode_tok_s * 0.75, split.decode_tok_s * 1.25))
+    on_dev = forecast(table, target, pl(49), req)
+    on_host = forecast(table, target, pl(0), req)
+    assert on_host.decode_tok_s < split.decode_tok_s < on_dev.decode_tok_s
+    assert on_host.decode_tok_s < forecast(table, target, pl(49, 24), req).decode_tok_s < on_dev.decode_tok_s
+    # prefill across the split: each device its own share (an RPC device computes its own layers)
+    assert on_host.prefill_tok_s < split.prefill_tok_s < on_dev.prefill_tok_s
+
+
+def test_no_prefill_forecast_where_a_gpu_would_stream_host_weights():
+    """CUDA takes a big batch's matmuls over host weights (offload_op): the host-to-device rate decides, which is
+    not measured here, so there is no prefill figure; an RPC device computes its own layers and gets one."""
+    m = moe_model(n_vocab=32000)
+    r = HostRates((("Q4_0", 2, 10e9), ("Q8_0", 2, 12e9)), (("Q4_0", 2, 1e12), ("Q8_0", 2, 1e12)), (1, 1), "x")
+    pl = Placement(ngl=24, n_cpu_moe=0, ctx=32768, type_k="f16", type_v="f16")
+    req = Request(ctx=32768, decode_at_tokens=0, pinned=Pinned(threads=2))
+    for name, has in (("CUDA0", False), ("RPC0", True)):
+        target = Target(DeviceTarget("CPU", "host", 100 << 30, 21.5e9, decode_rates=r),
+                        (DeviceTarget(name, "gpu", 100 << 30, 1e12, decode_rates=r),), None, 2)
+        assert (forecast(LayoutTable(m, (), 1), target, pl, req).prefill_tok_s is not None) == has, name
+
+
+@pytest.mark.parametrize("ngl, ncmoe, want", [
+    (0, 0, [0, 0]),  # every layer on the CPU
+    (49, 0, [0, 0]),  # every layer and the output on the device: the one crossing its calibration measured
+    (24, 0, [0, 0]),  # the upper 24 layers: still one crossing
+    (48, 0, [0, 0]),  # layer 0 on the CPU: llama.cpp counts the output as one of -ngl's layers
+    (49, 10, [0, 20]),  # ten layers' experts on the CPU: there and back for each
+    (30, 40, [0, 42]),  # only --n-cpu-moe layers on the device (19..39 of 19..47) cross for their experts
+])
+def test_extra_crossings(ngl, ncmoe, want):
+    from gpcrun.plan.speed import extra_crossings
+    table = LayoutTable(moe_model(n_vocab=32000), (), 1)
+    pl = Placement(ngl=ngl, n_cpu_moe=ncmoe, ctx=4096, type_k="f16", type_v="f16")
+    assert extra_crossings(table, pl, 1) == want
+
+
+def test_per_token_and_crossing_costs_from_a_calibration_document():
+    """One thin layer (1 ms) and 64 of them (7.3 ms): 0.1 ms a layer, 0.9 ms a token beyond its layers; the big
+    model's bytes get what is left of its time; crossings: the mixed run's extra time / its crossings."""
+    doc = {"models": {"Q8_0": {"n_layer": 10}},
+           "decode": [{"type": "Q8_0", "threads": 2, "tok_s": 100.0, "bytes_per_token": 81e6, "bytes_per_s": 81e8}],
+           "layer_fixed": [{"threads": 2, "tok_s": 1 / 7.3e-3, "n_layer": 64, "bytes_per_token": 0, "type": "Q8_0"}],
+           "token_fixed": [{"threads": 2, "tok_s": 1 / 1e-3, "n_layer": 1}],
+           "crossing": [{"threads": 2, "tok_s": 1 / (7.3e-3 + 64 * 2e-3), "crossings": 64}]}
+    r = HostRates.from_doc(doc)
+    assert r.layer_fixed_s(2) == pytest.approx(1e-4) and r.token_fixed_s(2) == pytest.approx(9e-4)
+    # 10 ms a token: 0.9 ms per token + 10 x 0.1 ms of layers leaves 8.1 ms for 81 MB
+    assert r.decode_bytes_per_s("Q8_0", 2) == pytest.approx(1e10)
+    assert r.crossing_s == pytest.approx(2e-3)
+    older = HostRates.from_doc({k: v for k, v in doc.items() if k not in ("token_fixed", "crossing")})
+    assert older.token_fixed_s(2) == 0.0 and older.crossing_s is None and older.decode_bytes_per_s("Q8_0", 2) == 81e8

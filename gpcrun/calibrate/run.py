@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..plan.constants import PREFILL_BATCH_TOKENS as PREFILL_TOKENS  # one number for calibration and forecast
 
-SCHEMA = "gpcrun.calibration/1"
+SCHEMA = "gpcrun.calibration/2"  # 2: per-token cost and crossings measured
 TYPES = ("Q4_0", "Q4_K", "Q8_0", "F16")
 DECODE_TOKENS = 8
 REPS = 3  # the best of 3: a busy neighbour only ever slows a run down
@@ -48,9 +48,11 @@ def _best(r: dict) -> float:
     return max(r.get("samples_ts") or [r["avg_ts"]])
 
 
-def _bench(bench: Path, model: Path, args: list[str], timeout_s: float) -> list[dict]:
-    p = subprocess.run([str(bench), "-m", str(model), "-ngl", "0", "-r", str(REPS), "-o", "json", "-lm", "none",
-                        *args],
+HOST = ("-ngl", "0")  # every weight on the CPU backend
+
+
+def _bench(bench: Path, model: Path, args: list[str], timeout_s: float, place: tuple[str, ...] = HOST) -> list[dict]:
+    p = subprocess.run([str(bench), "-m", str(model), *place, "-r", str(REPS), "-o", "json", "-lm", "none", *args],
                        capture_output=True, text=True, timeout=timeout_s)
     if p.returncode != 0:
         raise RuntimeError(f"llama-bench failed (exit {p.returncode}): " + (p.stderr.strip().splitlines() or ["?"])[-1])
@@ -63,54 +65,79 @@ HEAD_DIMS = (128,)  # measured always; a model's own head size is added (kernels
 ATTN_LAYERS = 8
 # Many thin layers: per-token time is mostly the per-layer fixed cost (graph nodes, thread syncs) on the CPU.
 FIXED_LAYERS = 64
+CROSS_OT = r"blk\.[0-9]*[02468]\.ffn_(up|gate|down)\.weight=CPU"  # llama-bench -ot: even layers' FFN on the CPU
 
 
 def calibrate(types: tuple[str, ...] = TYPES, physical_cores: int = 1, llc_bytes: int | None = None,
               progress=None, work_dir: Path | None = None, fixed: bool = True,
-              head_dims: tuple[int, ...] = HEAD_DIMS) -> dict:
-    """Run the calibration now; returns the document (not cached: see load_or_calibrate)."""
+              head_dims: tuple[int, ...] = HEAD_DIMS, device: str | None = None,
+              place: tuple[str, ...] = HOST) -> dict:
+    """Run the calibration now; returns the document (not cached: see load_or_calibrate).
+
+    device/place: calibrate a device other than the host CPU instead, every layer on it -- e.g. "CUDA0" with
+    ("-ngl", "99", "-dev", "CUDA0"), or a ggml-rpc-server standing in for a GPU: "RPC0" with ("-ngl", "99",
+    "-rpc", "127.0.0.1:50052"). Its rates are those of the device (the host's -t hardly matters there)."""
     from ..launch.binary import find_tool
     from .synth import Shape, write_synth
     bench, quant = find_tool("llama-bench"), find_tool("llama-quantize")
     say = progress or (lambda msg: None)
-    threads = thread_points(physical_cores)
+    threads = thread_points(physical_cores) if device is None else [max(1, physical_cores)]
+    where = "" if device is None else f" on {device}"
     t0 = time.monotonic()
-    decode, prefill, models, layer_fixed, attention = [], [], {}, [], []
+    decode, prefill, models, layer_fixed, attention, token_fixed, crossing = [], [], {}, [], [], [], []
     with tempfile.TemporaryDirectory(prefix="gpcrun-calib-", dir=work_dir) as d:
         if fixed:
-            say(f"calibrating the per-layer cost: {FIXED_LAYERS} thin Q8_0 layers at -t {','.join(map(str, threads))}")
+            say(f"calibrating the per-layer cost{where}: {FIXED_LAYERS} thin Q8_0 layers at -t"
+                f" {','.join(map(str, threads))}")
             thin = Shape(n_embd=256, n_ff=768, n_head=4, n_head_kv=4)
             one = write_synth(Path(d), "Q8_0", 1, quant, thin)
             m = write_synth(Path(d), "Q8_0", one.layer_bytes * FIXED_LAYERS, quant, thin)
             for r in _bench(bench, m.path, ["-p", "0", "-n", str(4 * DECODE_TOKENS), "-t",
-                                            ",".join(map(str, threads))], 120):
+                                            ",".join(map(str, threads))], 120, place):
                 layer_fixed.append({"threads": r["n_threads"], "tok_s": _best(r), "n_layer": m.n_layer,
                                     "bytes_per_token": m.layer_bytes * m.n_layer, "type": "Q8_0"})
+            # one thin layer: what a token costs beyond its layers (graph, sampling, a device's launch/round trip)
+            for r in _bench(bench, one.path, ["-p", "0", "-n", str(4 * DECODE_TOKENS), "-t",
+                                              ",".join(map(str, threads))], 120, place):
+                token_fixed.append({"threads": r["n_threads"], "tok_s": _best(r), "n_layer": one.n_layer,
+                                    "bytes_per_token": one.layer_bytes * one.n_layer, "type": "Q8_0"})
+            if device is not None:  # every other layer's FFN back on the CPU: 2 crossings per such layer
+                say(f"calibrating {device}'s cost per crossing to the CPU and back: -ot {CROSS_OT}")
+                for r in _bench(bench, m.path, ["-p", "0", "-n", str(4 * DECODE_TOKENS), "-ot", CROSS_OT, "-t",
+                                                ",".join(map(str, threads))], 120, place):
+                    crossing.append({"threads": r["n_threads"], "tok_s": _best(r), "n_layer": m.n_layer,
+                                     "crossings": 2 * (m.n_layer // 2)})
         for hd in head_dims:
-            attention += _attention(bench, quant, Path(d), threads, say, hd)
+            attention += _attention(bench, quant, Path(d), threads, say, hd, place)
         for ty in types:
-            say(f"calibrating {ty}: writing a {target_bytes(llc_bytes) >> 20} MiB model")
+            say(f"calibrating {ty}{where}: writing a {target_bytes(llc_bytes) >> 20} MiB model")
             m = write_synth(Path(d), ty, target_bytes(llc_bytes), quant)
             read = m.layer_bytes * m.n_layer
             models[ty] = {"n_layer": m.n_layer, "layer_bytes": m.layer_bytes, "tensor_bytes": m.tensor_bytes,
                           "n_params": m.n_params}
-            say(f"calibrating {ty}: decode at -t {','.join(map(str, threads))}, prefill at -t {threads[-1]}")
+            say(f"calibrating {ty}{where}: decode at -t {','.join(map(str, threads))}, prefill at -t {threads[-1]}")
             for r in _bench(bench, m.path, ["-p", "0", "-n", str(DECODE_TOKENS), "-t", ",".join(map(str, threads))],
-                            120):
+                            120, place):
                 decode.append({"type": ty, "threads": r["n_threads"], "tok_s": _best(r),
                                "samples_tok_s": r.get("samples_ts"), "bytes_per_token": read,
                                "bytes_per_s": read * _best(r)})
-            for r in _bench(bench, m.path, ["-p", str(PREFILL_TOKENS), "-n", "0", "-t", str(threads[-1])], 120):
+            for r in _bench(bench, m.path, ["-p", str(PREFILL_TOKENS), "-n", "0", "-t", str(threads[-1])], 120,
+                            place):
                 prefill.append({"type": ty, "threads": r["n_threads"], "tok_s": _best(r),
                                 "samples_tok_s": r.get("samples_ts"), "n_params": m.n_params})
-    return {"schema": SCHEMA, "measured_at_unix": int(time.time()), "seconds": round(time.monotonic() - t0, 1),
-            "llama_bench": str(bench), "method": f"llama-bench -ngl 0 -lm none, best of {REPS}: decode -p 0 -n {DECODE_TOKENS},"
+    doc = {"schema": SCHEMA, "measured_at_unix": int(time.time()), "seconds": round(time.monotonic() - t0, 1),
+           "llama_bench": str(bench), "method": f"llama-bench {' '.join(place)} -lm none, best of {REPS}: decode -p 0 -n {DECODE_TOKENS},"
             f" prefill -p {PREFILL_TOKENS} -n 0, on synthetic dense llama models of one weight type each"
             " (gpcrun/calibrate/synth.py)", "threads": threads, "models": models, "decode": decode,
-            "prefill": prefill, "layer_fixed": layer_fixed, "attention": attention}
+            "prefill": prefill, "layer_fixed": layer_fixed, "attention": attention, "token_fixed": token_fixed,
+            "crossing": crossing}
+    if device is not None:
+        doc["device"] = device
+    return doc
 
 
-def _attention(bench: Path, quant: Path, d: Path, threads: list[int], say, head_dim: int = 128) -> list[dict]:
+def _attention(bench: Path, quant: Path, d: Path, threads: list[int], say, head_dim: int = 128,
+               place: tuple[str, ...] = HOST) -> list[dict]:
     """Attention over the KV cache: decode at depth 0 and ATTN_DEPTH per KV type (flash attention as llama-server
     defaults to on the CPU), on a few thin layers; the difference is the cost of attending to the cache, per unit
     = one depth token x one query head x (K + V head dims) x one layer (plan/rates.py)."""
@@ -123,7 +150,7 @@ def _attention(bench: Path, quant: Path, d: Path, threads: list[int], say, head_
     out = []
     for kv in ("f16", "q8_0"):
         for r in _bench(bench, m.path, ["-p", "0", "-n", str(DECODE_TOKENS), "-d", f"0,{ATTN_DEPTH}", "-ctk", kv,
-                                        "-ctv", kv, "-t", ",".join(map(str, threads))], 300):
+                                        "-ctv", kv, "-t", ",".join(map(str, threads))], 300, place):
             out.append({"type": kv, "threads": r["n_threads"], "depth": r.get("n_depth", 0), "tok_s": _best(r),
                         "units_per_depth_token": units, "head_dim": head_dim})
     return out
@@ -146,11 +173,19 @@ def load_cached(fingerprint: str, home: Path | None = None) -> dict | None:
     return doc if doc.get("schema") == SCHEMA and doc.get("key") == key else None
 
 
+def device_place(name: str, rpc_endpoint: str | None = None) -> tuple[str, ...]:
+    """llama-bench arguments that put every layer on device `name` (llama.cpp's device list: CUDA0, RPC0 ...)."""
+    return ("-ngl", "99", "-rpc", rpc_endpoint) if rpc_endpoint else ("-ngl", "99", "-dev", name)
+
+
 def load_or_calibrate(fingerprint: str, physical_cores: int, llc_bytes: int | None, refresh: bool = False,
                       home: Path | None = None, quiet: bool = False, types: tuple[str, ...] = (),
-                      head_dims: tuple[int, ...] = ()) -> dict:
+                      head_dims: tuple[int, ...] = (), devices: tuple[str, ...] = ()) -> dict:
     """The cached calibration for this machine and build, else measured now (progress on stderr) and cached.
-    types: weight types of the model at hand; those not measured yet are measured now and added to the cache."""
+    types: weight types of the model at hand; those not measured yet are measured now and added to the cache.
+    devices: GPUs (llama.cpp names, CUDA0 ...) calibrated too, every layer on each, under doc["devices"][name]:
+    the default types and the model's, at most once per machine and build (a failure is kept with its reason
+    and not retried until --refresh; the host's figures stand either way)."""
     from ..atomic import write_text_atomic
     from ..paths import gpcrun_home
     cached = None if refresh else load_cached(fingerprint, home)
@@ -158,16 +193,31 @@ def load_or_calibrate(fingerprint: str, physical_cores: int, llc_bytes: int | No
     missing = tuple(t for t in dict.fromkeys((*TYPES, *types)) if t not in have)
     have_hd = {a.get("head_dim", 128) for a in (cached or {}).get("attention") or ()}
     missing_hd = tuple(h for h in dict.fromkeys((*HEAD_DIMS, *head_dims)) if h and h not in have_hd)
-    if cached is not None and not missing and not missing_hd:
+    new_devices = tuple(n for n in devices if n not in ((cached or {}).get("devices") or {}))
+    if cached is not None and not missing and not missing_hd and not new_devices:
         return cached
     say = None if quiet else (lambda msg: print(f"gpcrun: {msg}", file=sys.stderr, flush=True))
-    doc = calibrate(missing, physical_cores=physical_cores, llc_bytes=llc_bytes, progress=say,
-                    fixed=cached is None, head_dims=missing_hd)
-    if cached is not None:  # add the new types' figures to what was measured before
+    if cached is not None and not missing and not missing_hd:
+        doc = dict(cached)
+    else:
+        doc = calibrate(missing, physical_cores=physical_cores, llc_bytes=llc_bytes, progress=say,
+                        fixed=cached is None, head_dims=missing_hd)
+    doc["devices"] = dict((cached or {}).get("devices") or {})
+    for name in new_devices:
+        try:
+            doc["devices"][name] = calibrate(tuple(dict.fromkeys((*TYPES, *types))), physical_cores, llc_bytes,
+                                             say, head_dims=tuple(dict.fromkeys((*HEAD_DIMS, *head_dims))),
+                                             device=name, place=device_place(name))
+        except Exception as e:  # noqa: BLE001 - kept with its reason: the GPU's spec row stands in
+            doc["devices"][name] = {"device": name, "error": str(e)[:300]}
+            if say:
+                say(f"calibrating {name} failed ({e}); its forecast uses the spec sheet")
+    if cached is not None and (missing or missing_hd):  # add the new types' figures to what was measured before
         for k in ("decode", "prefill"):
             doc[k] = cached.get(k, []) + doc[k]
         doc["models"] = {**cached.get("models", {}), **doc["models"]}
         doc["layer_fixed"] = cached.get("layer_fixed", [])
+        doc["token_fixed"] = cached.get("token_fixed", [])
         doc["attention"] = cached.get("attention", []) + doc["attention"]
         doc["seconds"] = round(cached.get("seconds", 0) + doc["seconds"], 1)
     doc["key"] = cache_key(fingerprint)

@@ -22,9 +22,9 @@ def profile_cmd(as_json: bool, refresh: bool, disk: str | None, calibrate: bool)
     prof = get_profile(refresh=refresh, disk=disk)
     doc = prof.to_json()
     if calibrate:
-        from ..targets import default_threads
+        from ..targets import default_threads, gpu_names
         cal = load_or_calibrate(prof.fingerprint, default_threads(doc) or 1, llc_bytes(), refresh=refresh,
-                                quiet=as_json)
+                                quiet=as_json, devices=gpu_names(doc))
     else:
         cal = load_cached(prof.fingerprint)
     if as_json:
@@ -49,6 +49,14 @@ def render_calibration(cal: dict | None) -> str:
         p = pre.get(ty)
         tail = f"; prefill {p['tok_s']:.1f} tok/s at -t {p['threads']}" if p else ""
         out.append(f"  {ty:5s} decode " + ", ".join(cells) + tail)
+    for name, dev in (cal.get("devices") or {}).items():
+        if dev.get("error"):
+            out.append(f"  {name}: not calibrated ({dev['error']}); its forecast uses the spec sheet")
+            continue
+        pre = {p["type"]: p for p in dev.get("prefill") or ()}
+        cells = [f"{d['type']} {d['bytes_per_s'] / 1e9:.1f} GB/s" + (f" (prefill {pre[d['type']]['tok_s']:.0f} tok/s)"
+                 if d["type"] in pre else "") for d in dev.get("decode") or ()]
+        out.append(f"  {name} (every layer on it): decode " + ", ".join(cells))
     return "\n".join(out)
 
 

@@ -19,6 +19,15 @@ from ..model import GGML_QUANT_SIZES, GGML_TYPE_NAMES
 _BY_NAME = {name: t for t, name in GGML_TYPE_NAMES.items()}
 
 
+def _bytes_rate(d: dict, model: dict | None, c: float | None, fixed: float | None) -> float:
+    """A big model's bytes/s once the per-token and per-layer costs are taken out of its time (its raw rate when
+    either is unknown or would leave no time for the bytes)."""
+    if not model or c is None or fixed is None or not d.get("tok_s"):
+        return float(d["bytes_per_s"])
+    t_bytes = 1 / d["tok_s"] - c - model["n_layer"] * fixed
+    return d["bytes_per_token"] / t_bytes if t_bytes > 0.2 / d["tok_s"] else float(d["bytes_per_s"])
+
+
 def bits_per_weight(type_name: str) -> float | None:
     t = _BY_NAME.get(type_name)
     if t is None or t not in GGML_QUANT_SIZES:
@@ -36,6 +45,8 @@ class HostRates:
     measured_at_unix: int | None = None
     layer_fixed: tuple[tuple[int, float], ...] = ()  # (threads, seconds per layer per token beyond its bytes)
     attention: tuple[tuple[str, int, int, float], ...] = ()  # (KV type, head size, threads, s per attention unit)
+    token_fixed: tuple[tuple[int, float], ...] = ()  # (threads, seconds per token beyond its layers)
+    crossing_s: float | None = None  # a device's cost per crossing to the CPU and back (one each way), measured
 
     @classmethod
     def from_doc(cls, doc: dict) -> "HostRates | None":
@@ -52,11 +63,31 @@ class HostRates:
                 lo, hi = min(lo, min(s) / d["tok_s"]), max(hi, max(s) / d["tok_s"])
         when = doc.get("measured_at_unix")
         r = cls(dec, pre, (lo, hi), "calibrated: " + (doc.get("method") or "llama-bench"), when)
-        fixed = []
+        fixed, per_token = [], []
+        one = {int(f["threads"]): f for f in doc.get("token_fixed") or () if f.get("tok_s")}
         for f in doc.get("layer_fixed") or ():  # many thin layers: time per token less their bytes' time
-            if f.get("tok_s") and f.get("n_layer"):
-                t_bytes = f["bytes_per_token"] / r.decode_bytes_per_s(f.get("type", "Q8_0"), f["threads"])
-                fixed.append((int(f["threads"]), max(0.0, (1 / f["tok_s"] - t_bytes) / f["n_layer"])))
+            if not (f.get("tok_s") and f.get("n_layer")):
+                continue
+            t = int(f["threads"])
+            t_bytes = f["bytes_per_token"] / r.decode_bytes_per_s(f.get("type", "Q8_0"), t)
+            if t in one:  # and less what a token costs beyond its layers: one thin layer's time, less that layer
+                o = one[t]
+                layer = (1 / f["tok_s"] - 1 / o["tok_s"]) / (f["n_layer"] - o["n_layer"])
+                c = max(0.0, 1 / o["tok_s"] - o["n_layer"] * layer)
+                per_token.append((t, c))
+                fixed.append((t, max(0.0, layer - t_bytes / f["n_layer"])))
+            else:
+                fixed.append((t, max(0.0, (1 / f["tok_s"] - t_bytes) / f["n_layer"])))
+        if per_token:  # the big models' time less the per-token and per-layer costs is what their bytes took
+            models = doc.get("models") or {}
+            c_at, f_at = dict(per_token), dict(fixed)
+            dec = tuple((ty, t, _bytes_rate(d, models.get(ty), c_at.get(t), f_at.get(t)))
+                        for ty, t, _ in dec for d in doc.get("decode") or ()
+                        if d["type"] == ty and int(d["threads"]) == t and d.get("bytes_per_s"))
+            r = replace(r, decode=dec)
+        cross = [(1 / x["tok_s"] - 1 / f["tok_s"]) / x["crossings"] for x in doc.get("crossing") or ()
+                 for f in doc.get("layer_fixed") or () if x.get("tok_s") and f.get("tok_s") and x.get("crossings")
+                 and f["threads"] == x["threads"]]
         attn = []
         rows = {(a["type"], a.get("head_dim", 128), a["threads"], a["depth"]): a for a in doc.get("attention") or ()}
         for (ty, hd, t, depth), a in rows.items():  # the extra time per token at depth over depth 0, per unit
@@ -64,7 +95,8 @@ class HostRates:
             if depth and base and a.get("tok_s") and base.get("tok_s"):
                 per = (1 / a["tok_s"] - 1 / base["tok_s"]) / (depth * a["units_per_depth_token"])
                 attn.append((ty.upper(), int(hd), int(t), max(0.0, per)))
-        return replace(r, layer_fixed=tuple(sorted(fixed)), attention=tuple(sorted(attn)))
+        return replace(r, layer_fixed=tuple(sorted(fixed)), attention=tuple(sorted(attn)),
+                       token_fixed=tuple(sorted(per_token)), crossing_s=max(0.0, min(cross)) if cross else None)
 
     def types(self) -> list[str]:
         return sorted({t for t, _, _ in self.decode})
@@ -90,6 +122,11 @@ class HostRates:
             if t0 <= threads <= t1:
                 return r0 + (r1 - r0) * (threads - t0) / (t1 - t0)
         return points[-1][1]
+
+    def token_fixed_s(self, threads: int) -> float:
+        """What a token costs on this device beyond its layers (measured: one thin layer less that layer), else 0
+        (older calibrations: it is inside the measured rates)."""
+        return self._at_threads(list(self.token_fixed), threads) if self.token_fixed else 0.0
 
     def layer_fixed_s(self, threads: int) -> float | None:
         """The host's measured cost per layer per token beyond its bytes, None when not measured."""

@@ -26,8 +26,12 @@ def bytes_read_per_token(table: LayoutTable, pl: Placement, n_gpus: int, kv_fill
     return out
 
 
-def _host_attention_units(table: LayoutTable, pl: Placement, n_gpus: int, kv_fill: int) -> tuple[int, int]:
-    """(attention units per generated token on the host, KV bytes it reads): per layer whose cache is on the host,
+def _kv_device(table: LayoutTable, pl: Placement, n_gpus: int, layer: int) -> int:
+    return 0 if pl.no_kv_offload else _layer_device(layer, table.n_layer, pl.ngl, n_gpus, pl.splits)
+
+
+def _attention_units(table: LayoutTable, pl: Placement, n_gpus: int, kv_fill: int, dev: int = 0) -> tuple[int, int]:
+    """(attention units per generated token on device `dev`, KV bytes it reads): per layer whose cache is there,
     cached tokens x query heads x (K + V elements per KV head). Recurrent layers have no depth."""
     from .rates import bits_per_weight
 
@@ -39,7 +43,7 @@ def _host_attention_units(table: LayoutTable, pl: Placement, n_gpus: int, kv_fil
     for l in table.kv_layers(pl.type_k, pl.type_v):
         if l.kind in ("recurrent", "none"):
             continue
-        if not (pl.no_kv_offload or _layer_device(l.layer, table.n_layer, pl.ngl, n_gpus, pl.splits) == 0):
+        if _kv_device(table, pl, n_gpus, l.layer) != dev:
             continue
         fill = min(kv_fill, l.window) if (l.kind == "swa" and l.window) else kv_fill
         nh, nkv = (_at(f.get("head_count"), l.layer) or 1), (_at(f.get("head_count_kv"), l.layer) or 1)
@@ -64,10 +68,11 @@ def _at(v, i: int):
     return v[i] if isinstance(v, (list, tuple)) else v
 
 
-def _host_read_mix(table: LayoutTable, pl: Placement, n_gpus: int, host_bytes: int, kv_fill: int) -> dict[str, int]:
-    """The host's bytes read per token split by ggml type (its KV cache included), scaled to host_bytes: which
-    weight types llama.cpp's CPU kernels stream decides their rate. -ot overrides are not followed here (the
-    total is the layout's; only the split by type is approximated)."""
+def _read_mix(table: LayoutTable, pl: Placement, n_gpus: int, dev_bytes: int, kv_fill: int,
+              dev: int = 0) -> dict[str, int]:
+    """Device `dev`'s bytes read per token split by ggml type (its KV cache included), scaled to dev_bytes: which
+    weight types a backend's kernels stream decides their rate. -ot overrides are not followed here (the total
+    is the layout's; only the split by type is approximated)."""
     frac = (table.n_expert_used / table.n_expert) if table.n_expert else 1.0
     mix: dict[str, float] = {}
     for t in table.model.tensors:
@@ -75,17 +80,38 @@ def _host_read_mix(table: LayoutTable, pl: Placement, n_gpus: int, host_bytes: i
             continue
         il = t.layer if t.layer is not None else table.n_layer
         expert = t.role == "routed_experts" and re.search(EXPS_REGEX, t.name)
-        dev = 0 if (expert and t.layer is not None and t.layer < pl.n_cpu_moe) else \
+        on = 0 if (expert and t.layer is not None and t.layer < pl.n_cpu_moe) else \
             _layer_device(il, table.n_layer, pl.ngl, n_gpus, pl.splits)
-        if dev == 0:
+        if on == dev:
             mix[t.type_name] = mix.get(t.type_name, 0.0) + t.n_bytes * (frac if expert else 1.0)
     for l in table.kv_layers(pl.type_k, pl.type_v):
-        if pl.no_kv_offload or _layer_device(l.layer, table.n_layer, pl.ngl, n_gpus, pl.splits) == 0:
+        if _kv_device(table, pl, n_gpus, l.layer) == dev:
             fill = min(kv_fill, l.window) if (l.kind == "swa" and l.window) else kv_fill
             mix[pl.type_k.upper()] = mix.get(pl.type_k.upper(), 0.0) + l.k_bytes_per_token * fill
             mix[pl.type_v.upper()] = mix.get(pl.type_v.upper(), 0.0) + l.v_bytes_per_token * fill
     total = sum(mix.values())
-    return {k: int(v * host_bytes / total) for k, v in mix.items() if v} if total else {}
+    return {k: int(v * dev_bytes / total) for k, v in mix.items() if v} if total else {}
+
+
+def extra_crossings(table: LayoutTable, pl: Placement, n_gpus: int) -> list[int]:
+    """Per device, the times a token's graph crosses between it and another device beyond the one crossing every
+    placement on it has (the input embedding is on the CPU: llama-model.cpp dev_input), which its all-layers
+    calibration already measured: for each --n-cpu-moe layer on it the experts' round trip to the CPU and back
+    (2), and any return to a device after another one. Charged to the device crossed into (or out of, for the CPU)."""
+    out = [0] * (n_gpus + 1)
+    seq = [0]
+    for il in range(table.n_layer):
+        d = _layer_device(il, table.n_layer, pl.ngl, n_gpus, pl.splits)
+        seq.append(d)
+        if d and table.n_expert and il < pl.n_cpu_moe:
+            seq += [0, d]
+    seq.append(_layer_device(table.n_layer, table.n_layer, pl.ngl, n_gpus, pl.splits))
+    for a, b in zip(seq, seq[1:]):
+        if a != b:
+            out[b or a] += 1
+    for d in range(1, n_gpus + 1):
+        out[d] = max(0, out[d] - 1) if d in seq else 0
+    return out
 
 
 def decode_threads(req: Request, target: Target) -> int:
@@ -96,11 +122,13 @@ def decode_threads(req: Request, target: Target) -> int:
 
 def forecast(table: LayoutTable, target: Target, pl: Placement, req: Request,
              calibration: "Calibration | None" = None) -> Forecast:
-    """Time per token = sum over devices of bytes read / that device's rate + its layers x a fixed cost.
+    """Time per token = sum over devices of bytes read / that device's rate + attention over its KV cache + its
+    layers x a fixed cost.
 
-    Host rate: measured by llama.cpp's own kernels for the types it reads at the thread count llama-server will
-    use (plan/rates.py), else the one-thread copy bandwidth x a default efficiency (the labelled fallback).
-    GPU rate: bandwidth x efficiency, plus the per-layer fixed cost of its spec row (measured where known)."""
+    A device's rates are measured by llama.cpp's own kernels where calibrated (plan/rates.py): the host's for
+    the types it reads at the thread count llama-server will use, a GPU's (or a ggml-rpc-server's) for the types
+    it reads. Else the host's one-thread copy bandwidth x a default efficiency (the labelled fallback) and a
+    GPU's bandwidth x efficiency plus the per-layer fixed cost of its spec row (measured where known)."""
     n_gpus = len(target.gpus)
     fill = min(req.decode_at_tokens, kv_size_tokens(pl))
     reads = bytes_read_per_token(table, pl, n_gpus, fill)
@@ -112,19 +140,26 @@ def forecast(table: LayoutTable, target: Target, pl: Placement, req: Request,
     for il in range(table.n_layer):
         n_layers_on[_layer_device(il, table.n_layer, pl.ngl, n_gpus, pl.splits)] += 1
     threads = decode_threads(req, target)
+    crossings = extra_crossings(table, pl, n_gpus)
+    measured_gpu, spreads = False, []
     for i, dev in enumerate(target.devices):
         if reads[i] == 0:
             continue
-        rates = dev.decode_rates if dev.kind == "host" else None
+        rates = dev.decode_rates
         rate, weight_reads, t_attn = None, reads[i], 0.0
         if rates is not None:
             attn_c = rates.attention_s_per_unit(pl.type_k, threads, head_size(table.model.facts))
             if attn_c is not None:  # the cache's cost is measured attention work, not bytes at a weight rate
-                units, kv_b = _host_attention_units(table, pl, n_gpus, fill)
+                units, kv_b = _attention_units(table, pl, n_gpus, fill, i)
                 weight_reads, t_attn = reads[i] - kv_b, units * attn_c
-            rate = rates.mix_bytes_per_s(_host_read_mix(table, pl, n_gpus, weight_reads, 0 if attn_c else fill),
+            rate = rates.mix_bytes_per_s(_read_mix(table, pl, n_gpus, weight_reads, 0 if attn_c else fill, i),
                                          threads)
-            measured_host = rate is not None
+            if rate is not None:
+                spreads.append(rates.spread)
+                if dev.kind == "host":
+                    measured_host = True
+                else:
+                    measured_gpu = True
         if rate is None:
             weight_reads, t_attn = reads[i], 0.0
             if dev.bandwidth_bytes_per_s:
@@ -133,12 +168,15 @@ def forecast(table: LayoutTable, target: Target, pl: Placement, req: Request,
             unknown = True
             continue
         t_ceiling += reads[i] / max(rate, dev.bandwidth_bytes_per_s or 0)
-        fixed = dev.layer_fixed_s
-        if fixed is None and rates is not None and measured_host:
-            fixed = rates.layer_fixed_s(threads)
+        fixed = rates.layer_fixed_s(threads) if (rates is not None and rate is not None) else None
+        if fixed is None:
+            fixed = dev.layer_fixed_s
         if fixed is None:
             fixed = GPU_LAYER_OVERHEAD_S if dev.kind == "gpu" else CPU_LAYER_OVERHEAD_S
-        t_expected += weight_reads / rate + t_attn + n_layers_on[i] * fixed
+        t_token = rates.token_fixed_s(threads) if (rates is not None and rate is not None) else 0.0
+        if rates is not None and rates.crossing_s and i:
+            t_token += crossings[i] * rates.crossing_s
+        t_expected += weight_reads / rate + t_attn + n_layers_on[i] * fixed + t_token
     per_dev = {d.name: reads[i] for i, d in enumerate(target.devices)}
     flops = None
     gpu_flops = [d.flops for d in target.gpus if d.flops]
@@ -155,36 +193,82 @@ def forecast(table: LayoutTable, target: Target, pl: Placement, req: Request,
         expected = ceiling * calibration.efficiency
         band = (expected * calibration.band[0], expected * calibration.band[1])
         return Forecast(ceiling, expected, band, flops, True, calibration.method, per_dev)
-    if measured_host:
-        rates = target.host.decode_rates
-        lo, hi = rates.spread
+    if measured_host or measured_gpu:
+        lo, hi = min(s[0] for s in spreads), max(s[1] for s in spreads)
         band = (expected * (lo - MODEL_ERROR), expected * (hi + MODEL_ERROR))
-        prefill = None
-        if sum(reads[1:]) == 0:  # every weight on the host: its measured prefill rate for these types
-            mix: dict[str, int] = {}
-            for t in table.model.tensors:
-                mix[t.type_name] = mix.get(t.type_name, 0) + t.n_bytes
-            pps = rates.prefill_params_per_s(mix, req.pinned.threads_batch or threads)
-            params = _active_params(table)
-            if pps and params:
-                # a batch routes its tokens to (nearly) every expert: all expert weights are read once per
-                # batch, not only the active share the compute sees (the dense calibration reads each once)
-                exp = {t.type_name: 0 for t in table.model.tensors}
-                for t in table.model.tensors:
-                    if t.role == "routed_experts" and re.search(EXPS_REGEX, t.name):
-                        exp[t.type_name] += t.n_bytes
-                idle = {k: int(v * (1 - table.n_expert_used / table.n_expert)) for k, v in exp.items() if v} \
-                    if table.n_expert else {}
-                extra = sum(idle.values()) / rates.mix_bytes_per_s(idle, threads) / PREFILL_BATCH_TOKENS \
-                    if idle else 0.0
-                prefill = 1.0 / (params / pps + extra)
-        return Forecast(ceiling, expected, band, flops, True,
-                        f"host rates measured by llama-bench at -t {threads}"
-                        + (", GPU: bandwidth x default efficiency + per-layer cost" if n_gpus else ""), per_dev,
-                        prefill)
+        prefill = _prefill_tok_s(table, target, pl, n_gpus, req.pinned.threads_batch or threads, threads)
+        parts = [f"host rates measured by llama-bench at -t {threads}"] if measured_host else []
+        if n_gpus:
+            parts.append("GPU rates measured by llama-bench" if measured_gpu else
+                         "GPU: bandwidth x default efficiency + per-layer cost")
+        return Forecast(ceiling, expected, band, flops, True, ", ".join(parts), per_dev, prefill)
     band = (expected * UNCALIBRATED_BAND[0], min(ceiling, expected * UNCALIBRATED_BAND[1]))
     return Forecast(ceiling, expected, band, flops, False,
                     "uncalibrated: one-thread copy bandwidth x default efficiency + per-layer overhead", per_dev)
+
+
+def _prefill_tok_s(table: LayoutTable, target: Target, pl: Placement, n_gpus: int, threads_batch: int,
+                   threads: int) -> float | None:
+    """Prompt tokens/s for a PREFILL_BATCH_TOKENS batch: per device, its active parameters / its measured prefill
+    rate for its types, plus reading the experts the batch routes to beyond the active share. None when a device
+    holding weights has no measured prefill rate, or when a GPU would stream the host's weights: llama.cpp's
+    scheduler hands a big batch's matmuls over host weights to a device whose offload_op accepts them (CUDA:
+    batch >= op_offload_min_batch_size, ggml-cuda.cu), at the host-to-device rate, which only a GPU can measure.
+    A ggml-rpc-server has no offload_op (ggml-rpc.cpp): each device computes its own layers."""
+    params = _params_by_device(table, pl, n_gpus)
+    if params[0] and any(d.kind == "gpu" and not d.name.startswith("RPC") for d in target.gpus):
+        return None
+    t = 0.0
+    for i, dev in enumerate(target.devices):
+        if not params[i]:
+            continue
+        rates = dev.decode_rates
+        mix = _type_bytes(table, pl, n_gpus, i, active=False)
+        pps = rates.prefill_params_per_s(mix, threads_batch) if rates is not None else None
+        if not pps:
+            return None
+        # a batch routes its tokens to (nearly) every expert: all expert weights are read once per batch, not only
+        # the active share the compute sees (the dense calibration reads each once)
+        idle = {}
+        if table.n_expert:
+            exp = _type_bytes(table, pl, n_gpus, i, active=False, experts_only=True)
+            idle = {k: int(v * (1 - table.n_expert_used / table.n_expert)) for k, v in exp.items() if v}
+        extra = sum(idle.values()) / rates.mix_bytes_per_s(idle, threads) / PREFILL_BATCH_TOKENS if idle else 0.0
+        t += params[i] / pps + extra
+    return 1.0 / t if t else None
+
+
+def _tensor_device(table: LayoutTable, pl: Placement, n_gpus: int, t) -> int:
+    expert = t.role == "routed_experts" and re.search(EXPS_REGEX, t.name)
+    if expert and t.layer is not None and t.layer < pl.n_cpu_moe:
+        return 0
+    return _layer_device(t.layer if t.layer is not None else table.n_layer, table.n_layer, pl.ngl, n_gpus,
+                         pl.splits)
+
+
+def _type_bytes(table: LayoutTable, pl: Placement, n_gpus: int, dev: int, active: bool = True,
+                experts_only: bool = False) -> dict[str, int]:
+    """Bytes by ggml type of the weights on device `dev` (routed experts at their active share when active)."""
+    frac = (table.n_expert_used / table.n_expert) if table.n_expert else 1.0
+    out: dict[str, int] = {}
+    for t in table.model.tensors:
+        expert = bool(t.role == "routed_experts" and re.search(EXPS_REGEX, t.name))
+        if (experts_only and not expert) or _tensor_device(table, pl, n_gpus, t) != dev:
+            continue
+        out[t.type_name] = out.get(t.type_name, 0) + int(t.n_bytes * (frac if expert and active else 1.0))
+    return out
+
+
+def _params_by_device(table: LayoutTable, pl: Placement, n_gpus: int) -> list[float]:
+    """Active parameters (what a token's compute touches) per device; the input embedding is a row lookup."""
+    frac = (table.n_expert_used / table.n_expert) if table.n_expert else 1.0
+    out = [0.0] * (n_gpus + 1)
+    for t in table.model.tensors:
+        if t.name == "token_embd.weight" and not table.tied_output:
+            continue
+        expert = t.role == "routed_experts" and re.search(EXPS_REGEX, t.name)
+        out[_tensor_device(table, pl, n_gpus, t)] += t.n_elements * (frac if expert else 1.0)
+    return out
 
 
 def _active_params(table: LayoutTable) -> float:

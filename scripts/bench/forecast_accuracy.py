@@ -12,7 +12,16 @@ Both sides take llama-bench's best of 3 repetitions (a neighbour on a shared mac
 the weights read into memory (-lm none): a MoE's experts first touched through mmap page-fault mid-run, which a
 server that has run a while no longer does.
 
-    .venv/bin/python scripts/bench/forecast_accuracy.py [--quick] [--json]
+    .venv/bin/python scripts/bench/forecast_accuracy.py [--quick] [--json] [--split | --split-only]
+
+--split adds placements across two devices: a ggml-rpc-server on localhost stands in for a GPU (llama.cpp's
+device RPC0). Its rates are calibrated the same way with every layer on it (gpcrun.calibrate device="RPC0"),
+then the dense models sweep -ngl and the MoE ones --n-cpu-moe with every layer on RPC0, each cell measured by
+llama-bench -rpc against the forecast for the same placement. Where the stand-in shares the host's cores (a 2-core
+VM) the cells between the ends also pay for the two processes waking each other's sleeping threads at every
+crossing (measured 8-14 ms a token on a dense split here, 2-3.7 ms per crossing in MoE sweeps against 1.8 ms
+calibrated on thin layers), which a GPU with its own cores does not: the ends (every layer on one device) check
+the rates, the middle the placement model under that extra cost.
 
 Targets (issue 12): decode within +-15 % on every cell, the band holding >= 90 % of measurements, prefill
 within +-25 %. Prints every cell and a summary line per target.
@@ -36,10 +45,11 @@ DENSE = Shape(n_embd=2560, n_ff=6912, n_head=20, n_head_kv=4)
 MOE = Shape(n_embd=1536, n_ff=0, n_head=16, n_head_kv=4, n_expert=32, n_expert_used=4, n_ff_exp=1024)
 
 
-def measure(bench: Path, model: Path, threads: int, kv: str, depth: int, prefill: bool) -> float:
+def measure(bench: Path, model: Path, threads: int, kv: str, depth: int, prefill: bool,
+            place: tuple[str, ...] = ("-ngl", "0")) -> float:
     args = ["-p", "64", "-n", "0"] if prefill else ["-p", "0", "-n", "16", "-d", str(depth)]
     fa = ["-fa", "1"] if kv != "f16" else []
-    p = subprocess.run([str(bench), "-m", str(model), "-ngl", "0", "-r", "3", "-o", "json", "-lm", "none",
+    p = subprocess.run([str(bench), "-m", str(model), *place, "-r", "3", "-o", "json", "-lm", "none",
                         "-t", str(threads),
                         "-ctk", kv, "-ctv", kv, *fa, *args], capture_output=True, text=True, timeout=900)
     if p.returncode != 0:
@@ -48,16 +58,71 @@ def measure(bench: Path, model: Path, threads: int, kv: str, depth: int, prefill
     return max(r.get("samples_ts") or [r["avg_ts"]])  # the best of 3, like the calibration: neighbours only slow
 
 
-def forecast(model: Path, target, threads: int, kv: str, depth: int):
+def forecast(model: Path, target, threads: int, kv: str, depth: int, ngl: int = 0, n_cpu_moe: int = 0):
     from gpcrun.model import load_model
     from gpcrun.plan.layout import LayoutTable
     from gpcrun.plan.request import Pinned, Request
     from gpcrun.plan.speed import forecast as fc
     from gpcrun.plan.types import Placement
     info = load_model(str(model))
-    pl = Placement(ngl=0, n_cpu_moe=0, ctx=8192, type_k=kv, type_v=kv, flash_attn="on" if kv != "f16" else "auto")
+    pl = Placement(ngl=ngl, n_cpu_moe=n_cpu_moe, ctx=8192, type_k=kv, type_v=kv,
+                   flash_attn="on" if kv != "f16" else "auto")
     req = Request(ctx=8192, decode_at_tokens=depth + 8, pinned=Pinned(threads=threads))
-    return fc(LayoutTable(info, (), 0), target, pl, req)
+    return fc(LayoutTable(info, (), len(target.gpus)), target, pl, req)
+
+
+def rpc_server(threads: int, work: Path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from plan_accuracy import RpcServer
+    rpc = RpcServer(find_tool("llama-server").with_name("ggml-rpc-server"), work, threads=threads)
+    rpc.start()
+    return rpc
+
+
+def split_cells(rpc, models: list[tuple[str, Path]], target, threads: int) -> list[dict]:
+    """-ngl and --n-cpu-moe sweeps with a ggml-rpc-server (same thread count) as the second device."""
+    from dataclasses import replace
+
+    from gpcrun.calibrate import calibrate, llc_bytes
+    from gpcrun.model import load_model
+    from gpcrun.plan.rates import HostRates
+    from gpcrun.plan.request import DeviceTarget
+    from gpcrun.planning import model_head_dims, model_types
+    rows = []
+    for label, path in models:
+        info = load_model(str(path))
+        place = ("-rpc", rpc.endpoint)
+        cal = calibrate(model_types(info), threads, llc_bytes(), head_dims=model_head_dims(info),
+                        device="RPC0", place=("-ngl", "99", *place))
+        dev = DeviceTarget("RPC0", "gpu", 1 << 40, None, decode_rates=HostRates.from_doc(cal), source="rpc")
+        tgt = replace(target, gpus=(dev,))
+        n = info.facts.get("block_count")
+        moe = bool(info.facts.get("expert_count"))
+        sweep = [(n + 1, c) for c in (0, n // 2, n)] if moe else [(g, 0) for g in (0, n // 4, n // 2, n, n + 1)]
+        for ngl, ncmoe in sweep:
+            f = forecast(path, tgt, threads, "f16", 0, ngl, ncmoe)
+            got = measure(find_tool("llama-bench"), path, threads, "f16", 0, False,
+                          ("-ngl", str(ngl), "-ncmoe", str(ncmoe), *place))
+            row = {"model": label, "threads": threads, "kv": "f16", "depth": 0, "ngl": ngl, "n_cpu_moe": ncmoe,
+                   "measured_tok_s": got, "forecast_tok_s": f.decode_tok_s, "band": f.decode_band_tok_s,
+                   "error": f.decode_tok_s / got - 1, "kind": "decode",
+                   "in_band": f.decode_band_tok_s[0] <= got <= f.decode_band_tok_s[1]}
+            rows.append(row)
+            print(f"{label:24s} -t {threads} -ngl {ngl:3d} --n-cpu-moe {ncmoe:3d} (RPC0)  decode measured"
+                  f" {got:7.1f}  forecast {f.decode_tok_s:7.1f}  {100 * row['error']:+6.1f} %  band"
+                  f" {'yes' if row['in_band'] else 'NO'}", flush=True)
+            if ngl == n // 2 or (moe and ncmoe == n // 2):
+                pf = forecast(path, tgt, threads, "f16", 0, ngl, ncmoe)
+                got = measure(find_tool("llama-bench"), path, threads, "f16", 0, True,
+                              ("-ngl", str(ngl), "-ncmoe", str(ncmoe), *place))
+                if pf.prefill_tok_s:
+                    rows.append({"model": label, "threads": threads, "kind": "prefill", "ngl": ngl,
+                                 "n_cpu_moe": ncmoe, "measured_tok_s": got, "forecast_tok_s": pf.prefill_tok_s,
+                                 "error": pf.prefill_tok_s / got - 1})
+                    print(f"{label:24s} -t {threads} -ngl {ngl:3d} --n-cpu-moe {ncmoe:3d} (RPC0)  prefill 64"
+                          f" measured {got:7.1f}  forecast {pf.prefill_tok_s:7.1f}  {100 * rows[-1]['error']:+6.1f}"
+                          " %", flush=True)
+    return rows
 
 
 def main() -> int:
@@ -67,7 +132,10 @@ def main() -> int:
     ap.add_argument("--cached", action="store_true",
                     help="forecast every cell from the one stored calibration (as a user's plan does) instead of a"
                          " calibration of the model's types measured right before its cells (side by side)")
+    ap.add_argument("--split", action="store_true", help="add -ngl / --n-cpu-moe sweeps with a ggml-rpc-server")
+    ap.add_argument("--split-only", action="store_true", help="only the split sweeps (dense and MoE models)")
     a = ap.parse_args()
+    a.split = a.split or a.split_only
     from gpcrun.model import load_model
     from gpcrun.planning import build_target, model_types
     bench, quant = find_tool("llama-bench"), find_tool("llama-quantize")
@@ -89,7 +157,10 @@ def main() -> int:
         rates = target.host.decode_rates
         print(f"target: host {target.host.source}; threads default {target.threads}", file=sys.stderr)
         threads = sorted({1, min(2, target.threads or 1), target.threads or 1})
+        rpc = rpc_server(threads[-1], Path(d)) if a.split else None
         for label, path in models:
+            if a.split_only and label.startswith("SmolLM2"):
+                continue
             if not a.cached:  # side by side: calibrate this model's types right before its cells
                 from gpcrun.calibrate import calibrate, llc_bytes
                 from gpcrun.hardware.profile import get_profile
@@ -98,6 +169,10 @@ def main() -> int:
                 info = load_model(str(path))
                 cal = calibrate(model_types(info), threads[-1], llc_bytes(), head_dims=model_head_dims(info))
                 target = target_from_profile(get_profile().to_json(), calibration=cal)
+            if rpc is not None and not label.startswith("SmolLM2"):
+                rows += split_cells(rpc, [(label, path)], target, threads[-1])
+            if a.split_only:
+                continue
             depths = depths_for[not label.startswith("SmolLM2")]
             for t in threads:
                 for kv in ("f16", "q8_0"):
@@ -122,6 +197,8 @@ def main() -> int:
                              "forecast_tok_s": f.prefill_tok_s, "error": f.prefill_tok_s / got - 1})
                 print(f"{label:24s} -t {t} prefill 64       measured {got:7.1f}  forecast {f.prefill_tok_s:7.1f}"
                       f"  {100 * rows[-1]['error']:+6.1f} %", flush=True)
+        if rpc is not None:
+            rpc.stop()
     dec = [r for r in rows if r["kind"] == "decode"]
     pre = [r for r in rows if r["kind"] == "prefill"]
     worst = max(abs(r["error"]) for r in dec)

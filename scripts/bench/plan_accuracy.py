@@ -85,15 +85,15 @@ def _stop(proc: subprocess.Popen) -> None:
 class RpcServer:
     """ggml-rpc-server on 127.0.0.1: a CPU device llama.cpp places layers on as if it were a GPU."""
 
-    def __init__(self, bin_path: Path, workdir: Path):
-        self.bin_path, self.workdir = bin_path, workdir
+    def __init__(self, bin_path: Path, workdir: Path, threads: int = 1):
+        self.bin_path, self.workdir, self.threads = bin_path, workdir, threads
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
     def start(self) -> None:
         self.port = free_port()
         self._log = open(self.workdir / f"rpc-{self.port}.log", "wb")
-        self.proc = subprocess.Popen([str(self.bin_path), "-H", "127.0.0.1", "-p", str(self.port), "-t", "1"],
+        self.proc = subprocess.Popen([str(self.bin_path), "-H", "127.0.0.1", "-p", str(self.port), "-t", str(self.threads)],
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
