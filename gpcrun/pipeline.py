@@ -122,8 +122,9 @@ def run(cfg: RunConfig) -> RunResult:
         plan, res.plan_doc = plan_with_document(model, req, sa, requested={"ctx": cfg.ctx, "kv_type": cfg.kv_type,
                                                                               "parallel": slots})
         res.plan = plan
-        from .atomic import write_json_atomic
-        write_json_atomic(run_dir / "plan.json", res.plan_doc)
+        from .launch.run import write_run_doc
+        from .redact import secret_values
+        write_run_doc(run_dir / "plan.json", res.plan_doc, secret_values(sa.argv(), env))
         if cfg.on_plan:
             cfg.on_plan(plan, res.plan_doc["changes"])
         if plan.verdict != "ship" and not cfg.force:

@@ -40,12 +40,12 @@ MIB = 1 << 20
 class Serve:
     """One `gpcrun serve` subprocess with its own GPCRUN_HOME; remembers every descendant it saw."""
 
-    def __init__(self, home: Path, *args: str, preexec_fn=None) -> None:
+    def __init__(self, home: Path, *args: str, preexec_fn=None, env: dict | None = None) -> None:
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
         self.stderr_path = home / f"gpcrun-{time.monotonic_ns()}.stderr"
         self._err = open(self.stderr_path, "wb")
-        env = dict(os.environ, GPCRUN_HOME=str(home), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, GPCRUN_HOME=str(home), PYTHONUNBUFFERED="1", **(env or {}))
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen([sys.executable, "-m", "gpcrun", "serve", *args], cwd=ROOT, env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._err,
@@ -118,9 +118,9 @@ def serve(tmp_path):
     made: list[Serve] = []
     n = [0]
 
-    def start(*args: str, preexec_fn=None) -> Serve:
+    def start(*args: str, preexec_fn=None, env: dict | None = None) -> Serve:
         n[0] += 1
-        s = Serve(tmp_path / f"home{n[0]}", *args, preexec_fn=preexec_fn)
+        s = Serve(tmp_path / f"home{n[0]}", *args, preexec_fn=preexec_fn, env=env)
         made.append(s)
         return s
 
@@ -193,6 +193,35 @@ def test_serve_real_ready_then_signal_is_a_clean_stop(serve, llama_server_bin, t
     assert run["envelope"]["samples"] == len(samples) > 0
     assert run["envelope"]["peak_child_rss_bytes"] > 0 and run["ready_s"] > 0 and run["firing"] is None
     assert "clean_stop" in last_line(s.stderr())
+
+
+PLANTED = {"key": "sk-planted-0042abcdef", "hf": "hf_PlantedToken123456789", "url": "urlpass-7788"}
+
+
+def test_run_directory_is_private_and_holds_no_secret(serve, llama_server_bin, tiny_models):
+    """--api-key, HF_TOKEN and a URL password in the environment: none reaches any file under GPCRUN_HOME (plan,
+    argv, events, samples, log, run.json); the run directory is 0700 and every file in it 0600."""
+    import stat
+    port = free_port()
+    env = {"HF_TOKEN": PLANTED["hf"], "HF_ENDPOINT": f"https://me:{PLANTED['url']}@hub.example"}
+    s = serve(*real_args(llama_server_bin, tiny_models["tiny-llama-q8_0"], port, ), "--api-key", PLANTED["key"],
+              env=env)
+    assert s.wait_state("ready", 60), s.stderr()
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.wait(30) == 0, s.stderr()
+    d = s.run_dir()
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    names = sorted(p.name for p in d.iterdir())
+    assert {"argv.json", "plan.json", "events.jsonl", "samples.jsonl", "server.log", "run.json"} <= set(names)
+    for p in d.iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p.name
+    argv = json.loads((d / "argv.json").read_text())
+    assert argv[argv.index("--api-key") + 1] == "<redacted>"
+    for p in s.home.rglob("*"):
+        if p.is_file() and not p.name.endswith(".stderr"):
+            data = p.read_bytes()
+            assert not [k for k, v in PLANTED.items() if v.encode() in data], p
+    assert not [k for k, v in PLANTED.items() if v in s.stderr()]
 
 
 def test_serve_no_plan_passes_args_untouched(serve, llama_server_bin, tiny_models):

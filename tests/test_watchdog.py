@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from gpcrun.launch.watchdog import (GIB, MIB, NONE, Action, Envelope, GpuSample, Limits, Sample, Watchdog, decide,
-                                    make_sampler, next_interval, seen_available)
+from gpcrun.launch.sampling import Envelope, GpuSample, Sample, make_sampler
+from gpcrun.launch.watchdog import GIB, MIB, NONE, Action, Limits, Watchdog, decide, next_interval, seen_available
 
 LIM = Limits(host_term_available_bytes=2 * GIB, host_kill_available_bytes=1 * GIB, gpu_min_free_bytes=256 * MIB,
              gpu_consecutive=3, temp_warn_c=85, temp_abort_c=90, power_warn_frac=1.0, power_abort_frac=1.1,
@@ -219,6 +219,8 @@ class Script:
         v = self.values[min(self.calls, len(self.values) - 1)]
         self.calls += 1
         self.t += 0.01
+        if isinstance(v, Exception):
+            raise v
         return smp(self.t, v)
 
 
@@ -228,6 +230,51 @@ def make_wd(script: Script, tmp_path=None, **kw):
     wd = Watchdog(LIM, script, acts.append, on_warn=warns.append,
                   samples_path=(tmp_path / "samples.jsonl") if tmp_path else None, clock=script.clock, **kw)
     return wd, acts, warns
+
+
+def test_a_full_disk_does_not_end_the_watchdog(tmp_path):
+    """samples.jsonl cannot be written (here: a directory in its place): one warning, and it keeps deciding."""
+    (tmp_path / "samples.jsonl").mkdir()
+    script = Script(10, 10, 1.5, 1.4)
+    wd, acts, warns = make_wd(script, tmp_path)
+    wd.tick()
+    wd.tick()
+    wd.tick()
+    assert [w.rule for w in warns] == ["samples_unwritable"] and [a.rule for a in acts] == ["host_term"]
+
+
+def test_sampler_errors_do_not_end_the_watchdog_and_blindness_fails_closed():
+    """A reader that raises now and then: warned once, the watchdog goes on; one that keeps raising (or loses the
+    reading it had) for blind_limit_s: the server is stopped rather than left unwatched."""
+    err = OSError(5, "Input/output error")
+    script = Script(10, err, 10, 10)
+    wd, acts, warns = make_wd(script, blind_limit_s=1.0)
+    for _ in range(4):
+        wd.tick()
+    assert [w.rule for w in warns] == ["watchdog_error"] and acts == [] and "Input/output error" in warns[0].message
+    script = Script(10, *[err] * 200)
+    wd, acts, warns = make_wd(script, blind_limit_s=1.0)
+    n = 0
+    while not acts and n < 300:
+        wd.tick()
+        script.t += 0.1
+        n += 1
+    assert [a.rule for a in acts] == ["watchdog_blind"] and acts[0].kind == "term"
+    assert 1.0 <= script.t <= 1.5 and wd.envelope.limits_fired == ["watchdog_blind"]
+    wd.tick()
+    assert len(acts) == 1  # once
+    script = Script(10, None, None)  # the reading itself gone after it was there
+    wd, acts, warns = make_wd(script, blind_limit_s=0.05)
+    for _ in range(20):
+        wd.tick()
+        script.t += 0.01
+    assert [a.rule for a in acts] == ["watchdog_blind"] and "no longer readable" in acts[0].message
+    script = Script(None, None)  # never readable (an old kernel without MemAvailable): not blindness
+    wd, acts, warns = make_wd(script, blind_limit_s=0.05)
+    for _ in range(20):
+        wd.tick()
+        script.t += 0.01
+    assert acts == []
 
 
 def test_step_rereads_before_acting_and_does_not_act_on_a_recovered_value(tmp_path):

@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from ..atomic import write_json_atomic
+from ..atomic import PRIVATE, open_private, write_json_atomic
 from ..paths import gpcrun_home
+from ..redact import scrub, secret_values
 from ..server_args import ServerArgs, settings
 from .endpoint import url_of
 from .outcome import Outcome, classify
 from .supervisor import State, Supervisor
-from .watchdog import Action, Limits, Watchdog, make_sampler
+from .sampling import make_sampler
+from .watchdog import Action, Limits, Watchdog
 
 # Load time budget: 30 s plus reading the file at 100 MB/s (a slow disk); a fixed 120 s fails big models.
 LOAD_BASE_S = 30.0
@@ -35,11 +37,21 @@ def load_timeout_s(model_bytes: int | None) -> float:
 
 
 def new_run_dir(root: Path | None = None) -> Path:
+    """A new run directory, 0700 (its files are 0600: write_run_doc, open_private): a run's command line and log
+    are the user's alone."""
     root = root or gpcrun_home() / "runs"
     run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
     d = root / run_id
-    d.mkdir(parents=True, exist_ok=False)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    d.mkdir(mode=0o700, exist_ok=False)
+    os.chmod(d, 0o700)  # whatever the umask
     return d
+
+
+def write_run_doc(path: Path, doc, secret_strings=()) -> None:
+    """A run directory's JSON document: secrets redacted (secret flags' values, the literal secrets given, hf_
+    tokens, URL credentials), written atomically, 0600."""
+    write_json_atomic(path, scrub(doc, secret_strings), mode=PRIVATE)
 
 
 def server_argv(server_bin: str, args: Sequence[str], host: str = "127.0.0.1", port: int | None = None,
@@ -115,7 +127,8 @@ class ServerRun:
         self._nvml = None
         self._gpu_static: tuple = ()
         self._incident_written = False
-        write_json_atomic(opts.run_dir / "argv.json", opts.argv)
+        self._secrets = secret_values(opts.argv[1:], os.environ)
+        write_run_doc(opts.run_dir / "argv.json", opts.argv, self._secrets)
 
     # ---------------------------------------------------------------------------- control from outside
 
@@ -164,7 +177,14 @@ class ServerRun:
                "limits": self.opts.limits.to_json() if self.opts.limits else None,
                "samples": [s.to_json() for s in (wd.recent if wd else [])], "plan": plan, "argv": self.opts.argv,
                "advice": advice_for(action, plan)}
-        write_json_atomic(self.opts.run_dir / "incident.json", doc)
+        self._write_doc("incident.json", doc)
+
+    def _write_doc(self, name: str, doc) -> None:
+        """A run document, or a warning when the disk refuses it (full, read-only): the run itself goes on."""
+        try:
+            write_run_doc(self.opts.run_dir / name, doc, self._secrets)
+        except OSError as e:
+            self.opts.echo(f"gpcrun: warning: cannot write {self.opts.run_dir / name} ({e.strerror or e})")
 
     def _tail(self, path: Path) -> None:
         # llama-server's log to the console as it grows (unless --quiet)
@@ -208,11 +228,12 @@ class ServerRun:
     def attempt(self, n: int) -> Outcome:
         o = self.opts
         log = o.run_dir / "server.log"
-        with open(log, "ab") as f:
+        with open_private(log, "ab") as f:
             f.write(f"\n=== gpcrun attempt {n} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
         self._watchdog_action = None
         oom_before = self._oom_kills()
-        self.sup = sup = Supervisor(o.argv, log, o.run_dir / "events.jsonl")
+        self.sup = sup = Supervisor(o.argv, log, o.run_dir / "events.jsonl",
+                                    redact=lambda note: scrub(note, self._secrets))
         self._open_nvml()
         if o.limits is None:
             o.limits = Limits.defaults(self._host_memory().effective_limit_bytes)
@@ -287,9 +308,10 @@ class ServerRun:
         if wd and wd.firings:
             f = wd.firings[0]
             firing = {"rule": f.action.rule, "message": f.action.message, "t_mono": f.t_mono, "t_wall": f.t_wall}
+        outcome = Outcome(outcome.kind, outcome.exit_code, outcome.cause, scrub(outcome.reason, self._secrets))
         result = RunResult(outcome, n, o.run_dir, self.url, self.ready_s, wd.envelope.to_json() if wd else {},
                            wd.cpu_s if wd else 0.0, firing)
-        write_json_atomic(o.run_dir / "run.json", result.to_json())
+        self._write_doc("run.json", result.to_json())
         if self._nvml is not None:
             self._nvml.close()
         return result
@@ -322,4 +344,7 @@ def advice_for(action: Action, plan: dict | None) -> str:
         return "VRAM ran short: try --ctx smaller, --kv-type q8_0, or more --n-cpu-moe / a smaller -ngl"
     if action.rule in ("gpu_temp", "gpu_power"):
         return "the GPU stayed over your temperature/power limit: improve cooling or lower the power limit"
+    if action.rule == "watchdog_blind":
+        return ("gpcrun could not read host memory (/proc/meminfo, the cgroup's memory files) and stopped the server"
+                " rather than run it unwatched: check that they are readable here")
     return ""

@@ -20,6 +20,8 @@ from typing import Callable
 
 import requests
 
+from ..atomic import open_private
+
 
 class State(enum.Enum):
     STARTING = "starting"
@@ -80,8 +82,11 @@ class Supervisor:
 
     def __init__(self, argv: list[str], log_path: Path, events_path: Path | None = None,
                  env: dict | None = None, clock: Callable[[], float] = time.monotonic,
-                 on_transition: Callable[[Transition], None] | None = None) -> None:
+                 on_transition: Callable[[Transition], None] | None = None,
+                 redact: Callable[[str], str] = str) -> None:
+        """redact: applied to each transition's note before it is kept or written (secrets out of events.jsonl)."""
         self.argv = list(argv)
+        self.redact = redact
         self.log_path = Path(log_path)
         self.events_path = Path(events_path) if events_path else None
         self.env = env
@@ -100,10 +105,10 @@ class Supervisor:
     # --------------------------------------------------------------------------------- states
 
     def _record(self, old: State | None, new: State, note: str) -> None:
-        tr = Transition(time.time(), self.clock(), old.value if old else "", new.value, note)
+        tr = Transition(time.time(), self.clock(), old.value if old else "", new.value, self.redact(note))
         self.transitions.append(tr)
         if self.events_path:
-            with open(self.events_path, "a") as f:
+            with open_private(self.events_path, "a") as f:
                 f.write(json.dumps(tr.to_json()) + "\n")
         if self.on_transition:
             self.on_transition(tr)
@@ -132,7 +137,7 @@ class Supervisor:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.log_path, "ab")
+        self._log_file = open_private(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log_file,
                                          stderr=subprocess.STDOUT, start_new_session=True, env=self.env,

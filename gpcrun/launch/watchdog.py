@@ -10,45 +10,14 @@ import json
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from ..hardware.host import tree_memory_bytes
+from ..atomic import open_private
+from .sampling import Envelope, Sample
 
 MIB = 1 << 20
 GIB = 1 << 30
-
-
-@dataclass(frozen=True)
-class GpuSample:
-    index: int
-    free_bytes: int | None
-    used_bytes: int | None
-    child_bytes: int | None  # the server's own VRAM (per-process NVML), None when unknown
-    power_mw: int | None
-    power_limit_mw: int | None
-    temperature_c: int | None
-    unified_memory: bool = False
-
-
-@dataclass(frozen=True)
-class Sample:
-    t_mono: float
-    t_wall: float
-    host_available_bytes: int | None  # effective: min(host MemAvailable, cgroup max - current)
-    host_limit_bytes: int | None  # effective limit: min(host total, cgroup max)
-    swap_free_bytes: int | None
-    cgroup_current_bytes: int | None
-    cgroup_max_bytes: int | None
-    psi_some_avg10: float | None
-    child_rss_bytes: int | None  # the server's whole process tree
-    gpus: tuple[GpuSample, ...] = ()
-    child_anon_bytes: int | None = None  # the tree's anonymous resident memory (rss - file-backed - shmem)
-
-    def to_json(self) -> dict:
-        d = dict(self.__dict__)
-        d["gpus"] = [g.__dict__ for g in self.gpus]
-        return d
 
 
 @dataclass(frozen=True)
@@ -198,88 +167,6 @@ def next_interval(limits: Limits, samples: Sequence[Sample]) -> float:
     return max(limits.poll_min_s, min(limits.poll_max_s, min(times) / 4))
 
 
-# ----------------------------------------------------------------------------------------------- sampling
-
-def make_sampler(child_pid: Callable[[], int | None], nvml=None, gpu_static: Sequence = (),
-                 host_reader=None, clock: Callable[[], float] = time.monotonic) -> Callable[[], Sample]:
-    """A sample() over the real machine: host/cgroup memory, the child's tree RSS, and per GPU (an open
-    hardware.nvml.NvmlSession plus its inventory devices for the static power limit and unified flag)."""
-    if host_reader is None:
-        from ..hardware.host import read_host_memory
-        host_reader = read_host_memory
-    static = list(gpu_static)
-
-    def sample() -> Sample:
-        hm = host_reader()
-        cg = hm.cgroup
-        pid = child_pid()
-        rss, anon = tree_memory_bytes(pid) if pid else (None, None)
-        gpus: tuple[GpuSample, ...] = ()
-        if nvml is not None:
-            vols = nvml.sample({g.nvml_index: bool(g.unified_memory) for g in static})
-            gpus = tuple(_gpu_sample(static[i] if i < len(static) else None, i, v, pid) for i, v in enumerate(vols))
-        return Sample(clock(), time.time(), hm.effective_available_bytes, hm.effective_limit_bytes,
-                      hm.swap_free_bytes, getattr(cg, "current_bytes", None), getattr(cg, "max_bytes", None),
-                      getattr(getattr(cg, "pressure", None), "some_avg10_pct", None),
-                      rss, gpus, anon)
-    return sample
-
-
-def _gpu_sample(static, i: int, v, pid: int | None) -> GpuSample:
-    procs = v.processes or ()
-    child = None
-    if pid is not None:
-        mine = [p.used_bytes for p in procs if p.pid == pid and p.used_bytes is not None]
-        child = sum(mine) if mine else None
-    return GpuSample(static.cuda_index if static else i, v.free_bytes, v.used_bytes, child, v.power_draw_mw,
-                     static.power_limit_mw if static else None, v.temperature_c,
-                     bool(static.unified_memory) if static else False)
-
-
-# ----------------------------------------------------------------------------------------------- envelope
-
-@dataclass
-class Envelope:
-    """Peaks and minima over a run: the safety envelope that goes into receipts."""
-
-    samples: int = 0
-    min_host_available_bytes: int | None = None
-    peak_host_used_fraction: float | None = None
-    peak_child_rss_bytes: int | None = None
-    peak_gpu_used_bytes: dict = field(default_factory=dict)
-    peak_child_vram_bytes: dict = field(default_factory=dict)
-    peak_power_fraction: float | None = None
-    peak_temperature_c: int | None = None
-    limits_fired: list = field(default_factory=list)
-
-    def add(self, s: Sample) -> None:
-        self.samples += 1
-        if s.host_available_bytes is not None:
-            self.min_host_available_bytes = _min(self.min_host_available_bytes, s.host_available_bytes)
-            if s.host_limit_bytes:
-                used = 1 - s.host_available_bytes / s.host_limit_bytes
-                self.peak_host_used_fraction = _max(self.peak_host_used_fraction, round(used, 4))
-        self.peak_child_rss_bytes = _max(self.peak_child_rss_bytes, s.child_rss_bytes)
-        for g in s.gpus:
-            k = str(g.index)
-            self.peak_gpu_used_bytes[k] = _max(self.peak_gpu_used_bytes.get(k), g.used_bytes)
-            self.peak_child_vram_bytes[k] = _max(self.peak_child_vram_bytes.get(k), g.child_bytes)
-            if g.power_mw is not None and g.power_limit_mw:
-                self.peak_power_fraction = _max(self.peak_power_fraction, round(g.power_mw / g.power_limit_mw, 4))
-            self.peak_temperature_c = _max(self.peak_temperature_c, g.temperature_c)
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
-
-
-def _min(a, b):
-    return b if a is None else (a if b is None else min(a, b))
-
-
-def _max(a, b):
-    return b if a is None else (a if b is None else max(a, b))
-
-
 # ----------------------------------------------------------------------------------------------- loop
 
 @dataclass(frozen=True)
@@ -287,8 +174,8 @@ class Firing:
     action: Action
     t_mono: float
     t_wall: float
-    sample: Sample
-    reread: Sample
+    sample: Sample | None  # None: the watchdog could not read memory (watchdog_blind)
+    reread: Sample | None
 
 
 class Watchdog:
@@ -296,7 +183,8 @@ class Watchdog:
 
     def __init__(self, limits: Limits, sample: Callable[[], Sample], act: Callable[[Action], None],
                  on_warn: Callable[[Action], None] | None = None, samples_path=None, keep: int = 120,
-                 after_kill_wait_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 after_kill_wait_s: float = 2.0, clock: Callable[[], float] = time.monotonic,
+                 blind_limit_s: float = 5.0) -> None:
         self.limits = limits
         self.sample = sample
         self.act = act
@@ -311,6 +199,9 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         self._warned: set[str] = set()
         self.cpu_s = 0.0  # thread CPU time spent sampling and deciding
+        self.blind_limit_s = blind_limit_s
+        self._blind_since: float | None = None
+        self._seen_memory = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="gpcrun-watchdog", daemon=True)
@@ -327,8 +218,12 @@ class Watchdog:
         if self.samples_path:
             row = s.to_json()
             row["host_available_seen_bytes"] = seen_available(self.limits, self.recent)  # what decide() judged
-            with open(self.samples_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            try:
+                with open_private(self.samples_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            except OSError as e:  # a full or read-only disk: keep watching from memory, say so once
+                self._warn_once(Action("warn", "samples_unwritable", f"cannot write {self.samples_path.name}"
+                                       f" ({e.strerror or e}); the watchdog keeps deciding from memory"))
 
     def _settling(self, action: Action) -> bool:
         """True while the server was just signalled and gets after_kill_wait_s to exit: a repeat of the same
@@ -368,7 +263,49 @@ class Watchdog:
         self.cpu_s += time.thread_time() - c0
         return wait
 
+    def _warn_once(self, action: Action) -> None:
+        if action.rule in self._warned:
+            return
+        self._warned.add(action.rule)
+        if self.on_warn:
+            try:
+                self.on_warn(action)
+            except Exception:  # noqa: BLE001 - a broken console must not end the watchdog
+                pass
+
+    def tick(self) -> float:
+        """One step that never raises: the watchdog's own errors (a sampler exception) do not end it. When it can
+        no longer read host memory (an exception, or the reading gone after it was there) for blind_limit_s,
+        it stops the server rather than leave it unwatched (fails closed: rule watchdog_blind)."""
+        try:
+            wait = self.step()
+            s = self.recent[-1] if self.recent else None
+            blind_err = None
+            if s is not None and s.host_available_bytes is not None:
+                self._seen_memory = True
+            elif self._seen_memory:
+                blind_err = "host available memory is no longer readable"
+        except Exception as e:  # noqa: BLE001 - anything the sampler or a reader raises
+            wait, blind_err = self.limits.poll_min_s, f"{type(e).__name__}: {e}"
+        if blind_err is None:
+            self._blind_since = None
+            return wait
+        now = self.clock()
+        if self._blind_since is None:
+            self._blind_since = now
+            self._warn_once(Action("warn", "watchdog_error", f"the watchdog cannot read memory ({blind_err});"
+                                   f" the server is stopped if this lasts {self.blind_limit_s:g} s"))
+        if now - self._blind_since >= self.blind_limit_s and not self.firings:
+            action = Action("term", "watchdog_blind", f"the watchdog could not read memory for"
+                            f" {now - self._blind_since:.1f} s ({blind_err}): stopped rather than run unwatched")
+            self.firings.append(Firing(action, now, time.time(), None, None))
+            if action.rule not in self.envelope.limits_fired:
+                self.envelope.limits_fired.append(action.rule)
+            self.act(action)
+            return self.after_kill_wait_s
+        return wait
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            wait = self.step()
+            wait = self.tick()
             self._stop.wait(wait)

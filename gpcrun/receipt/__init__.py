@@ -12,7 +12,7 @@ from .calibration import argv_threads, calibrate, load_calibration
 from .docs import (EnvelopeDoc, EvaluationDoc, ForecastDoc, HardwareDoc, MeasuredDoc, ModelDoc, OutcomeDoc,
                    PlacementDoc, PlanDoc, ReceiptDoc, StatsDoc)
 from .markdown import to_markdown
-from .redact import REDACTED, redact_argv, redact_env, redact_paths, scrub, secret_values
+from ..redact import REDACTED, redact_argv, redact_env, redact_paths, scrub, secret_values
 from .schema import SCHEMA_ID, load_schema, read_receipt, validate
 from .store import ReceiptStore
 

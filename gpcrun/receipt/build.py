@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 from .. import __version__
 from .docs import PlanDoc
-from .redact import redact_argv, redact_env, redact_paths, scrub, secret_values
+from ..redact import redact_argv, redact_env, redact_paths, scrub, secret_values
 from .schema import SCHEMA_ID
 
 

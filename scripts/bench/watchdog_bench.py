@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 from gpcrun.launch.binary import find_tool  # noqa: E402
 from gpcrun.launch.run import free_port  # noqa: E402
 from gpcrun.launch.supervisor import Supervisor  # noqa: E402
-from gpcrun.launch.watchdog import GIB, Limits, Watchdog, make_sampler  # noqa: E402
+from gpcrun.launch.sampling import make_sampler  # noqa: E402
+from gpcrun.launch.watchdog import GIB, Limits, Watchdog  # noqa: E402
 
 
 def default_model() -> Path:

@@ -1,5 +1,6 @@
-"""Redaction of receipts: secret flags' values in argv, secret environment variables, literal secrets and hf_ tokens
-anywhere in a document, and (on request) the home directory and host name."""
+"""Redaction, for everything gpcrun writes or prints (receipts, run directories, batch results): secret flags'
+values in argv, secret environment variables, literal secrets, hf_ tokens and credentials in URLs (user:password@,
+?token=...) anywhere in a document, and (on request) the home directory and host name."""
 from __future__ import annotations
 
 import os
@@ -7,12 +8,17 @@ import re
 import socket
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..server_args import ServerArgs, settings
+from .server_args import ServerArgs, settings
 
 REDACTED = "<redacted>"
 _SECRET_FLAGS = settings.secret_flags()  # --api-key, --api-key-file, --ssl-key-file, -hft/--hf-token
 _SECRET_ENV = re.compile(r"((^|_)(TOKEN|KEY|SECRET|KEY_FILE|CREDENTIALS)|PASSWORD|PASSWD)$", re.IGNORECASE)
 _HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{8,}")
+# scheme://user:password@host -> scheme://user:<redacted>@host
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@]*):([^/\s@]+)@")
+# ?token=... &api_key=... &password=... in a URL's query
+_URL_QUERY_SECRET = re.compile(r"(?i)([?&](?:[a-z0-9_-]*(?:token|key|secret|password|passwd|signature|sig)"
+                               r"[a-z0-9_-]*)=)(?!<redacted>)[^&#\s'\"]+")
 # Secret values shorter than this are only redacted where they are known to be (argv, env), not searched for in
 # every string of the receipt: replacing a 3-character key everywhere would corrupt numbers and names.
 _MIN_SCRUB_LEN = 6
@@ -31,8 +37,18 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
             continue
         for t in a.tokens():
             name = t.split("=", 1)[0]
-            out.append(f"{name}={REDACTED}" if "=" in t and name in _SECRET_FLAGS else _HF_TOKEN.sub(REDACTED, t))
+            out.append(f"{name}={REDACTED}" if "=" in t and name in _SECRET_FLAGS else _plain_secrets(t))
     return out
+
+
+def _plain_secrets(x: str) -> str:
+    """Secrets recognisable without knowing them: hf_ tokens and credentials in URLs."""
+    x = _HF_TOKEN.sub(REDACTED, x)
+    if "://" in x:
+        x = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}:{REDACTED}@", x)
+    if "=" in x:
+        x = _URL_QUERY_SECRET.sub(lambda m: m.group(1) + REDACTED, x)
+    return x
 
 
 def secret_values(argv: Sequence[str], env: Mapping[str, str]) -> set[str]:
@@ -50,7 +66,7 @@ def redact_env(env: Mapping[str, str]) -> dict[str, str]:
     keep = {}
     for k, v in env.items():
         if k.startswith(("LLAMA_", "GGML_", "CUDA_", "GPCRUN_", "HF_", "OMP_")) or _SECRET_ENV.search(k):
-            keep[k] = REDACTED if _SECRET_ENV.search(k) or _HF_TOKEN.search(v) else v
+            keep[k] = REDACTED if _SECRET_ENV.search(k) or _HF_TOKEN.search(v) else _plain_secrets(v)
     return dict(sorted(keep.items()))
 
 
@@ -65,7 +81,7 @@ def scrub(doc: Any, secrets_: Iterable[str] = ()) -> Any:
                 x = x.replace(s, REDACTED)
         if "-" in x:
             x = _FLAG_IN_TEXT.sub(lambda m: m.group(1) + m.group(2) + m.group(3) + REDACTED, x)
-        return _HF_TOKEN.sub(REDACTED, x)
+        return _plain_secrets(x)
 
     def fix(x):
         if isinstance(x, str):
