@@ -311,7 +311,34 @@ def nasty_cases(small: bytes) -> list[Nasty]:
               "head_count_kv", "per-layer head_count_kv as an array of strings"),
         Nasty("architecture_u32", r.file([r.kv("general.architecture", V.UINT32, 7)]), "general.architecture",
               "general.architecture stored as UINT32"),
+        # headers that parse but make no sense (llama-model.cpp load_hparams' checks, and divisions by zero)
+        Nasty("block_count_0", r.file([arch, r.kv("llama.block_count", V.UINT32, 0)]), "block_count is 0",
+              "llama.block_count = 0"),
+        Nasty("block_count_513", r.file([arch, r.kv("llama.block_count", V.UINT32, 513)]), "block_count is 513",
+              "llama.block_count = 513 (LLAMA_MAX_LAYERS is 512)"),
+        Nasty("experts_without_count", r.file([arch, r.kv("llama.block_count", V.UINT32, 1)],
+                                              [r.tensor("blk.0.ffn_up_exps.weight", [8], Q.F32, 0)], f32),
+              "expert tensors", "an *_exps tensor, no expert_count"),
+        Nasty("tensors_overlap", r.file([arch], [r.tensor("a", [16], Q.F32, 0), r.tensor("b", [8], Q.F32, 32)],
+                                        f32 * 2 + b"\0" * 32), "overlaps", "tensor b's bytes inside tensor a's"),
     ]
+    two_layers = r.kv("llama.block_count", V.UINT32, 2)
+    for name, kvs, problem, desc in (
+            ("head_count_0", [("attention.head_count", V.UINT32, 0)], "head_count is 0",
+             "llama.attention.head_count = 0"),
+            ("expert_used_0", [("expert_count", V.UINT32, 8), ("expert_used_count", V.UINT32, 0)],
+             "expert_used_count is 0", "8 experts, expert_used_count = 0"),
+            ("expert_used_9_of_8", [("expert_count", V.UINT32, 8), ("expert_used_count", V.UINT32, 9)], "more than",
+             "expert_used_count 9 > expert_count 8"),
+            ("expert_count_2000", [("expert_count", V.UINT32, 2000), ("expert_used_count", V.UINT32, 8)],
+             "at most 1024", "expert_count 2000 (LLAMA_MAX_EXPERTS is 1024)"),
+            ("rope_freq_nan", [("rope.freq_base", V.FLOAT32, float("nan"))], "not a finite",
+             "llama.rope.freq_base = NaN"),
+            ("norm_eps_inf", [("attention.layer_norm_rms_epsilon", V.FLOAT64, float("inf"))], "not a finite",
+             "llama.attention.layer_norm_rms_epsilon = inf (FLOAT64)"),
+            ("context_2p40", [("context_length", V.UINT64, 2**40)], "context_length is", "llama.context_length = 2^40")):
+        cases.append(Nasty(name, r.file([arch, two_layers, *(r.kv(f"llama.{k}", t, v) for k, t, v in kvs)]),
+                           problem, desc))
     for n in (23, 24, 100, len(small) // 2, len(small) - 200):
         cases.append(Nasty(f"truncated_at_{n}", small[:n], "", f"small valid file cut to {n} bytes"))
     return cases

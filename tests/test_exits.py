@@ -41,3 +41,28 @@ def test_every_error_class_maps_to_a_member():
     assert exit_code_for(errors_mod.BatchLocked("held")) == 8
     assert exit_code_for(errors_mod.BenchError("bad")) == 15
     assert exit_code_for(ValueError("bug")) == 1
+
+
+def test_non_finite_option_values_are_usage_errors():
+    """nan compares false with every bound and inf overflows where it becomes an integer: both are exit 2 with
+    one error line, never a traceback."""
+    from click.testing import CliRunner
+
+    from gpcrun.cli.main import main as cli_main
+    for argv in (["plan", "--floor", "nan", "m.gguf"], ["plan", "--margin", "inf", "m.gguf"],
+                 ["serve", "--grace", "nan", "m.gguf"], ["serve", "--ready-timeout", "inf", "m.gguf"],
+                 ["bench", "--floor", "-inf", "m.gguf"]):
+        r = CliRunner().invoke(cli_main, argv)
+        assert r.exit_code == 2, (argv, r.output)
+        assert "not a finite number" in r.output or "not in the range" in r.output, (argv, r.output)
+        assert "Traceback" not in r.output
+
+
+def test_a_negative_context_is_a_usage_error():
+    """-c -1 would reach llama.cpp as a uint32 (4 billion tokens): refused before planning, exit 2, one line."""
+    from click.testing import CliRunner
+
+    from gpcrun.cli.main import main as cli_main
+    for argv, env in ((["plan", "m.gguf", "--", "-c", "-1"], {}), (["plan", "m.gguf"], {"LLAMA_ARG_CTX_SIZE": "-8"})):
+        r = CliRunner().invoke(cli_main, argv, env=env)
+        assert r.exit_code == 2 and "expects a context size >= 0" in r.output, r.output

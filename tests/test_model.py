@@ -527,3 +527,14 @@ def test_cli_text(gen):
     r = CliRunner().invoke(cli_main, ["inspect", str(gen["tiny_llama"])])
     assert r.exit_code == 0, r.output
     assert "reconcile tiny_llama.gguf" in r.stdout and "OK" in r.stdout and "blk.1.attn_q.weight" in r.stdout
+
+
+def test_special_files_are_refused_at_once(tmp_path):
+    """A FIFO (open would block until a writer comes) and a device (reads never end): exit 3 at once."""
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        t0 = time.monotonic()
+        r = subprocess.run([*GPCRUN, "inspect", str(path)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 3 and "not a regular file" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert time.monotonic() - t0 < 30

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import sys
@@ -152,8 +153,8 @@ def _check_settings(s: dict, source: str) -> None:
     if not isinstance(s["concurrency"], list) or not all(_is_int(c) and c >= 1 for c in s["concurrency"]):
         raise BatchError(f"{source}: concurrency must be a list of integers >= 1")
     for k in ("timeout_s",):
-        if not isinstance(s[k], (int, float)) or isinstance(s[k], bool) or s[k] <= 0:
-            raise BatchError(f"{source}: {k} must be a positive number, got {s[k]!r}")
+        if not isinstance(s[k], (int, float)) or isinstance(s[k], bool) or not math.isfinite(s[k]) or s[k] <= 0:
+            raise BatchError(f"{source}: {k} must be a positive finite number, got {s[k]!r}")
     for k in ("prompt_tokens", "gen_tokens", "repetitions", "parallel"):
         if not _is_int(s[k]) or s[k] < 1:
             raise BatchError(f"{source}: {k} must be an integer >= 1, got {s[k]!r}")

@@ -7,6 +7,7 @@ import click
 
 from ..model import KV_CACHE_TYPES
 from .main import emit_json, main
+from .params import FiniteFloat
 
 
 def _csv_ints(ctx, param, value):
@@ -32,7 +33,7 @@ def _csv_ints(ctx, param, value):
 @click.option("--ctx", type=click.IntRange(min=0), default=None)
 @click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default=None)
 @click.option("--parallel", type=click.IntRange(min=1), default=None, help="Slots (default: max concurrency, or 1).")
-@click.option("--floor", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--floor", type=FiniteFloat(min=0), default=1.0, show_default=True)
 @click.option("--force", is_flag=True, help="Bench even when the plan refuses.")
 @click.option("--server-bin", default=None)
 @click.option("--redact-paths", is_flag=True, help="Replace the home directory and host name in the receipt.")

@@ -9,6 +9,7 @@ from ..fmt import human_bytes, table
 from ..model import KV_CACHE_TYPES
 from ..exits import Exit
 from .main import emit_json, main
+from .params import FiniteFloat
 
 
 @main.command("plan", context_settings={"ignore_unknown_options": True})
@@ -17,9 +18,9 @@ from .main import emit_json, main
 @click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default=None,
               help="KV cache type (default: f16, else q8_0 when only that fits).")
 @click.option("--parallel", type=click.IntRange(min=1), default=1, show_default=True, help="Server slots (-np).")
-@click.option("--floor", type=click.FloatRange(min=0), default=1.0, show_default=True,
+@click.option("--floor", type=FiniteFloat(min=0), default=1.0, show_default=True,
               help="Refuse plans forecast below this decode speed (tok/s).")
-@click.option("--margin", type=click.FloatRange(min=0), default=None, help="GPU safety margin in MiB (default 1024).")
+@click.option("--margin", type=FiniteFloat(min=0), default=None, help="GPU safety margin in MiB (default 1024).")
 @click.option("--vram", type=click.IntRange(min=0), multiple=True, help="Plan for a GPU with this much free VRAM (MiB); repeat per GPU.")
 @click.option("--gpu", multiple=True, help="Plan for this GPU model (spec sheet), e.g. 'RTX 4090'; repeat per GPU.")
 @click.option("--refresh", is_flag=True, help="Re-measure bandwidths in the hardware profile.")
@@ -27,7 +28,7 @@ from .main import emit_json, main
               help="Plan for another machine: its `gpcrun profile --calibrate --json` output (with its calibration).")
 @click.option("--cpu-threads", type=click.IntRange(min=1), default=None,
               help="The host's llama-server default -t (its physical cores) for a machine you describe.")
-@click.option("--cpu-bandwidth", type=click.FloatRange(min=0.001), default=None,
+@click.option("--cpu-bandwidth", type=FiniteFloat(min=0.001), default=None,
               help="The host's decode read rate in GB/s (what llama.cpp achieves there) instead of measured rates.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (schema gpcrun.plan/1).")
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)

@@ -8,6 +8,7 @@ import click
 from ..fmt import human_bytes
 from ..model import KV_CACHE_TYPES
 from .main import main
+from .params import FiniteFloat
 
 
 def plan_summary(plan) -> str:
@@ -30,13 +31,13 @@ def plan_summary(plan) -> str:
 @click.option("--server-bin", default=None, help="llama-server binary (default: $GPCRUN_LLAMA_SERVER, cache, PATH).")
 @click.option("--ctx", type=click.IntRange(min=0), default=None)
 @click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default=None)
-@click.option("--floor", type=click.FloatRange(min=0), default=1.0, show_default=True)
-@click.option("--margin", type=click.FloatRange(min=0), default=None, help="GPU margin MiB (default 1024).")
+@click.option("--floor", type=FiniteFloat(min=0), default=1.0, show_default=True)
+@click.option("--margin", type=FiniteFloat(min=0), default=None, help="GPU margin MiB (default 1024).")
 @click.option("--restart", type=click.Choice(["no", "on-failure"]), default="no", show_default=True)
 @click.option("--max-restarts", type=click.IntRange(min=0), default=3, show_default=True)
-@click.option("--ready-timeout", type=click.FloatRange(min=0), default=None,
+@click.option("--ready-timeout", type=FiniteFloat(min=0), default=None,
               help="Seconds to wait for readiness (default: 30 s + model size at 100 MB/s).")
-@click.option("--grace", type=click.FloatRange(min=0), default=10.0, show_default=True,
+@click.option("--grace", type=FiniteFloat(min=0), default=10.0, show_default=True,
               help="Seconds between SIGTERM and SIGKILL when stopping.")
 @click.option("--min-host-available", type=click.IntRange(min=0), default=None,
               help="Watchdog: SIGTERM when effective host memory available falls below this many MiB"
@@ -46,7 +47,7 @@ def plan_summary(plan) -> str:
 @click.option("--min-gpu-free", type=click.IntRange(min=0), default=256, show_default=True,
               help="Watchdog: SIGTERM when a GPU's free VRAM stays below this many MiB for 3 samples.")
 @click.option("--max-temp", type=click.IntRange(min=0), default=None, help="Watchdog: abort when a GPU stays at/above this C.")
-@click.option("--max-power", type=click.FloatRange(min=0), default=None,
+@click.option("--max-power", type=FiniteFloat(min=0), default=None,
               help="Watchdog: abort when a GPU stays at/above this % of its enforced power limit.")
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
 def serve_cmd(no_plan, force, quiet, server_bin, ctx, kv_type, floor, margin, restart, max_restarts, ready_timeout,

@@ -2,6 +2,7 @@
 with llama.cpp's own defaults where the GGUF carries none."""
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Mapping
 
 from ..errors import GGUFError
@@ -16,6 +17,10 @@ _RECURRENT_ARCHS = {"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"}
 _INT_TYPES = frozenset(("UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "UINT64", "INT64"))
 # llama.cpp's LLAMA_MAX_LAYERS is 512; this looser bound only keeps per-layer work finite.
 MAX_BLOCK_COUNT = 1 << 16
+# src/llama-hparams.h
+LLAMA_MAX_LAYERS = 512
+LLAMA_MAX_EXPERTS = 1024
+UINT32_MAX = (1 << 32) - 1
 
 
 def _int_value(md: Mapping[str, KVField], key: str, path: str, bools: bool = False) -> Any:
@@ -107,4 +112,52 @@ def derive_facts(md: Mapping[str, KVField], tensors: Iterable[TensorInfo], path:
         "recurrent": arch in _RECURRENT_ARCHS if arch else None,
         "tensor_count": len(tensors),
     }
+    check_facts(facts, md, tensors, path)
     return facts
+
+
+def _scalar_max(v) -> int | None:
+    if isinstance(v, (list, tuple)):
+        return max(v) if v else None
+    return v
+
+
+def check_facts(facts: Mapping[str, Any], md: Mapping[str, KVField], tensors: Iterable[TensorInfo],
+                path: str) -> None:
+    """Headers that parse but make no sense: refused (GGUFError, exit 4) with the field named, before anything is
+    planned. llama.cpp's own checks are the reference (llama-model.cpp load_hparams: 0 < block_count <=
+    LLAMA_MAX_LAYERS, expert_count <= LLAMA_MAX_EXPERTS, expert_used_count <= expert_count, > 0 when there are
+    experts and 0 when not; n_ctx_train is a uint32), plus what would divide by zero or mean nothing here: an
+    attention model with no heads, expert tensors without an expert count, a non-finite float hyper-parameter."""
+    arch = facts.get("architecture")
+    if not arch:
+        return
+    n_layer = facts.get("block_count")
+    if n_layer is not None and not 0 < n_layer <= LLAMA_MAX_LAYERS:
+        raise GGUFError(path, f"{arch}.block_count is {n_layer}: llama.cpp needs 1 to {LLAMA_MAX_LAYERS}"
+                              " (llama-model.cpp load_hparams)")
+    n_exp = facts.get("expert_count") or 0
+    used = _scalar_max(facts.get("expert_used_count")) or 0
+    if n_exp > LLAMA_MAX_EXPERTS:
+        raise GGUFError(path, f"{arch}.expert_count is {n_exp}: llama.cpp allows at most {LLAMA_MAX_EXPERTS}")
+    if used > n_exp:
+        raise GGUFError(path, f"{arch}.expert_used_count is {used}, more than {arch}.expert_count {n_exp}")
+    if n_exp and not used:
+        raise GGUFError(path, f"{arch}.expert_used_count is 0 (or missing) with {n_exp} experts: no expert would run")
+    if not n_exp and any(t.name.endswith("_exps.weight") for t in tensors):
+        raise GGUFError(path, f"expert tensors (*_exps.weight) but {arch}.expert_count is 0 or missing")
+    heads = facts.get("head_count")
+    if n_layer and heads is not None and not isinstance(heads, (list, tuple)) and heads == 0 \
+            and not facts.get("recurrent"):
+        raise GGUFError(path, f"{arch}.attention.head_count is 0: no attention head (the head size divides by it)")
+    ctx = facts.get("context_length")
+    if ctx is not None and not 0 < ctx <= UINT32_MAX:
+        raise GGUFError(path, f"{arch}.context_length is {ctx}: llama.cpp reads it as a uint32 > 0")
+    for key, f in md.items():
+        if not key.startswith(arch + "."):
+            continue
+        t = f.elem_type if f.type == "ARRAY" else f.type
+        if t in ("FLOAT32", "FLOAT64") and f.value is not None:
+            vals = f.value if f.type == "ARRAY" else (f.value,)
+            if any(not math.isfinite(v) for v in vals):
+                raise GGUFError(path, f"key {key!r} is not a finite number ({f.value!r})")

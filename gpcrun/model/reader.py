@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 import sys
 from pathlib import Path
@@ -271,10 +272,16 @@ def _tensor_infos(h: _Header, size: int, path: str, shard: int) -> tuple[list[Te
     # Reconcile: every gap between consecutive tensors, and the tail, is alignment padding.
     reconciled = True
     end = 0
+    last = None
     for t in sorted(infos, key=lambda t: t.offset):
         gap = t.offset - end
+        if gap < 0 and t.n_bytes:  # llama.cpp would read one tensor's bytes as another's
+            raise GGUFError(path, f"tensor {t.name!r} (offset {t.offset}) overlaps tensor {last.name!r}"
+                            f" ({last.offset} + {last.n_bytes} bytes)", h.data_start + t.offset)
         if gap < 0 or gap >= h.alignment:
             reconciled = False
+        if t.n_bytes:
+            last = t
         end = max(end, t.offset + t.n_bytes)
     data_end = h.data_start + end if infos else min(h.data_start, size)
     if not (0 <= size - data_end < h.alignment):
@@ -289,8 +296,12 @@ def _tensor_infos(h: _Header, size: int, path: str, shard: int) -> tuple[list[Te
 def _read_file(path: str, shard: int) -> tuple[_Header, list[TensorInfo], ShardInfo]:
     p = Path(path)
     try:
-        if p.is_dir():
+        st = os.stat(p)
+        if stat.S_ISDIR(st.st_mode):
             raise ModelFileError(path, "is a directory, not a GGUF file")
+        if not stat.S_ISREG(st.st_mode):  # opening a FIFO blocks until a writer comes; a device never ends
+            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+            raise ModelFileError(path, f"is {kind}, not a regular file (llama.cpp maps the model from a file)")
         f = open(p, "rb")
     except FileNotFoundError:
         raise ModelFileError(path, "no such file") from None

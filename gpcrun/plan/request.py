@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from ..server_args import ServerArgs, settings
+from ..server_args import ServerArgs, ServerArgsError, settings
 from .constants import DEFAULT_GPU_MARGIN_BYTES, DEFAULT_MIN_CTX
 
 
@@ -90,6 +90,10 @@ def pinned_from(sa: ServerArgs) -> Pinned:
     p["cpu_moe"] = bool(sa.flag("cpu-moe"))
     p["overrides"] = settings.overrides(sa)
     p["ctx"] = sa.int_value("ctx-size")
+    if p["ctx"] is not None and p["ctx"] < 0:  # llama.cpp casts n_ctx to uint32: -1 would ask for 4 billion tokens
+        a = sa.last("ctx-size")
+        raise ServerArgsError(f"{a.spelled} expects a context size >= 0 (0: the model's), got {p['ctx']}",
+                              "ctx-size", a)
     p["type_k"] = settings.cache_type(sa, "cache-type-k")
     p["type_v"] = settings.cache_type(sa, "cache-type-v")
     n = sa.int_value("parallel")
