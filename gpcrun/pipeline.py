@@ -13,13 +13,14 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from .errors import UsageError
 from .exits import Exit
 from .launch.outcome import Outcome
+from .launch.signals import on_termination
 
 
 @dataclass
@@ -119,6 +120,8 @@ def run(cfg: RunConfig) -> RunResult:
         if cfg.bench is not None and getattr(cfg.bench, "concurrency", ()):
             slots = max(slots or 1, *cfg.bench.concurrency)
         req = build_request(cfg.ctx, cfg.kv_type, slots, cfg.floor_tok_s, cfg.margin_mib, sa)
+        if cfg.limits is not None:  # planner and watchdog agree: the host margin is the SIGTERM line
+            req = replace(req, host_margin_bytes=cfg.limits.host_term_available_bytes)
         plan, res.plan_doc = plan_with_document(model, req, sa, requested={"ctx": cfg.ctx, "kv_type": cfg.kv_type,
                                                                               "parallel": slots})
         res.plan = plan
@@ -208,8 +211,7 @@ def _bench_signals(run, clients: list) -> None:
         stop_on_signal(signum, frame)
         for c in clients:  # llama-server would wait for our request in flight until its SIGKILL
             c.abort()
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    on_termination(on_signal)
 
 
 def _bench_and_stop(cfg: RunConfig, res: RunResult, run, th, box: dict, clients: list, t_start: float) -> None:

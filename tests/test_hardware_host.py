@@ -17,6 +17,7 @@ from tests.proc_util import limited_child_cgroup
 
 DATA = Path(__file__).parent / "data" / "host"
 GiB = 1 << 30
+MiB = 1 << 20
 
 
 def tree(name: str) -> str:
@@ -80,6 +81,16 @@ def test_cgroup2_limited_container():
     assert m.effective_available_bytes == 3 * GiB and m.effective_limit_bytes == 4 * GiB
     assert "cgroup2:memory.max-memory.current@/" in m.sources["effective_available_bytes"]
     json.dumps(m.to_json())
+
+
+def test_cgroup2_page_cache_is_not_counted_as_used():
+    """A 1.2 GB file read in the container: memory.current 1.75 GiB, 1.125 GiB of it inactive page cache. The
+    headroom is what the kernel cannot give back: 4 - (1.75 - 1.125) = 3.375 GiB, not 2.25 GiB."""
+    m = read_host_memory(tree("cgroup2_page_cache"))
+    c = m.cgroup
+    assert c.current_bytes == 1792 * MiB and c.headroom_bytes == 4 * GiB - 1792 * MiB + 1152 * MiB
+    assert c.sources["headroom_bytes"] == "cgroup2:memory.max-(memory.current-memory.stat:inactive_file)@/"
+    assert m.effective_available_bytes == c.headroom_bytes
 
 
 def test_cgroup2_nested_ancestors_tightest_headroom():

@@ -99,8 +99,29 @@ def test_default_limits():
     assert lim.host_term_available_bytes == int(0.05 * 64 * GIB)
     assert lim.host_kill_available_bytes == int(0.025 * 64 * GIB)
     small = Limits.defaults(8 * GIB)
-    assert small.host_term_available_bytes == GIB  # max(5 %, 1 GiB)
-    assert Limits.defaults(None).host_term_available_bytes == GIB
+    assert small.host_term_available_bytes == GIB  # max(5 %, min(1 GiB, 12.5 %))
+    assert Limits.defaults(None).host_term_available_bytes == GIB  # the limit unknown: 1 GiB
+    # a small container: the lines scale with its limit (a 1 GiB floor would sit above an 800 MiB limit)
+    tiny = Limits.defaults(800 * MIB)
+    assert (tiny.host_term_available_bytes, tiny.host_kill_available_bytes) == (100 * MIB, 20 * MIB)
+    assert Limits.defaults(4 * GIB).host_term_available_bytes == 512 * MIB
+
+
+def test_planner_margin_is_the_watchdog_line():
+    """A 181 MiB plan in an 800 MiB container ships (margin 100 MiB, the SIGTERM line), and a user's
+    --min-host-available becomes the planner's host margin (pipeline: Request.host_margin_bytes)."""
+    from gpcrun.plan import DeviceTarget, Request, Target
+    from gpcrun.plan.layout import LayoutTable
+    from gpcrun.plan.memory import memory_map
+    from gpcrun.plan.types import Placement
+    from tests.synthetic import moe_model
+    table = LayoutTable(moe_model(n_layer=2, n_expert=4, n_expert_used=2, n_vocab=1000), (), 0)
+    host = DeviceTarget("CPU", "host", 700 * MIB, 10e9, limit_bytes=800 * MIB)
+    pl = Placement(ngl=0, n_cpu_moe=0, ctx=512, type_k="f16", type_v="f16")
+    mem = memory_map(table, Target(host), pl, Request(ctx=512))[0]
+    assert mem.margin_bytes == Limits.defaults(800 * MIB).host_term_available_bytes == 100 * MIB
+    mine = memory_map(table, Target(host), pl, Request(ctx=512, host_margin_bytes=300 * MIB))[0]
+    assert mine.margin_bytes == 300 * MIB
 
 
 # ------------------------------------------------------------------------------------------------ seen_available

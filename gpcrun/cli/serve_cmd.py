@@ -41,7 +41,7 @@ def plan_summary(plan) -> str:
               help="Seconds between SIGTERM and SIGKILL when stopping.")
 @click.option("--min-host-available", type=click.IntRange(min=0), default=None,
               help="Watchdog: SIGTERM when effective host memory available falls below this many MiB"
-                   " (default max(5 %, 1 GiB) of the limit).")
+                   " (default max(5 %, min(1 GiB, 12.5 %)) of the limit; the plan keeps the same margin).")
 @click.option("--kill-host-available", type=click.IntRange(min=0), default=None,
               help="Watchdog: SIGKILL below this many MiB (default 2.5 % of the limit).")
 @click.option("--min-gpu-free", type=click.IntRange(min=0), default=256, show_default=True,

@@ -41,10 +41,11 @@ class Limits:
 
     @classmethod
     def defaults(cls, host_limit_bytes: int | None, **kw) -> "Limits":
-        """max(5 %, 1 GiB) available -> SIGTERM; 2.5 % -> SIGKILL (documented in the README)."""
-        lim = host_limit_bytes or 0
-        return cls(host_term_available_bytes=max(int(0.05 * lim), GIB),
-                   host_kill_available_bytes=int(0.025 * lim), **kw)
+        """The planner's host margin is the SIGTERM line: max(5 %, min(1 GiB, 12.5 %)) of the limit; 2.5 % ->
+        SIGKILL (plan/constants.py, documented in the README)."""
+        from ..plan.constants import host_kill_line_bytes, host_term_line_bytes
+        return cls(host_term_available_bytes=host_term_line_bytes(host_limit_bytes),
+                   host_kill_available_bytes=host_kill_line_bytes(host_limit_bytes), **kw)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)

@@ -9,9 +9,26 @@ GIB = 1 << 30
 DEFAULT_GPU_RUNTIME_OVERHEAD_BYTES = 720 * MIB
 # llama.cpp's --fit leaves 1024 MiB free per GPU by default (common.h fit_params_target).
 DEFAULT_GPU_MARGIN_BYTES = 1024 * MIB
-# Host: keep the watchdog's SIGTERM line (max(5 %, 1 GiB) available, issue 5) out of reach of a planned run.
+# Host: the watchdog's SIGTERM line, which a planned run keeps out of reach (its host margin): 5 % of the
+# effective limit, raised to 1 GiB where that is at most 12.5 % of the limit (a 800 MiB container gets 100 MiB,
+# not a floor above its whole limit); the SIGKILL line at 2.5 %. One rule for planner and watchdog.
 HOST_MARGIN_MIN_BYTES = 1 * GIB
 HOST_MARGIN_FRACTION = 0.05
+HOST_MARGIN_MAX_FRACTION = 0.125
+HOST_KILL_FRACTION = 0.025
+
+
+def host_term_line_bytes(limit_bytes: int | None) -> int:
+    """max(5 %, min(1 GiB, 12.5 %)) of the effective host limit: available memory below it -> SIGTERM. 1 GiB
+    when the limit is unknown."""
+    lim = limit_bytes or 0
+    if lim <= 0:
+        return HOST_MARGIN_MIN_BYTES
+    return max(int(HOST_MARGIN_FRACTION * lim), min(HOST_MARGIN_MIN_BYTES, int(HOST_MARGIN_MAX_FRACTION * lim)))
+
+
+def host_kill_line_bytes(limit_bytes: int | None) -> int:
+    return int(HOST_KILL_FRACTION * (limit_bytes or 0))
 # llama-server process itself outside its buffers (binary, libc, threads, HTTP): measured ~30-40 MiB RSS here.
 HOST_PROCESS_OVERHEAD_BYTES = 48 * MIB
 DEFAULT_MIN_CTX = 4096  # like llama.cpp's fit_params_min_ctx

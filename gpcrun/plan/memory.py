@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .compute import estimate_compute_bytes
-from .constants import HOST_MARGIN_FRACTION, HOST_MARGIN_MIN_BYTES, HOST_PROCESS_OVERHEAD_BYTES
+from .constants import HOST_PROCESS_OVERHEAD_BYTES, host_term_line_bytes
 from .kv import context_bytes_by_device
 from .layout import LayoutTable, _layer_device
 from .request import Request, Target
@@ -27,9 +27,8 @@ def memory_map(table: LayoutTable, target: Target, pl: Placement, req: Request) 
     for i, dev in enumerate(target.devices):
         if dev.kind == "host":
             margin = req.host_margin_bytes
-            if margin is None:  # the watchdog's SIGTERM line: max(1 GiB, 5 % of the effective limit)
-                base = dev.limit_bytes or dev.capacity_bytes or 0
-                margin = max(HOST_MARGIN_MIN_BYTES, int(HOST_MARGIN_FRACTION * base))
+            if margin is None:  # the watchdog's default SIGTERM line (constants.host_term_line_bytes)
+                margin = host_term_line_bytes(dev.limit_bytes or dev.capacity_bytes or 0)
             other = output_buffer_bytes(table, pl) + HOST_PROCESS_OVERHEAD_BYTES
         else:
             margin = req.gpu_margin_bytes

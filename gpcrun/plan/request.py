@@ -76,7 +76,7 @@ class Request:
     parallel: int = 1
     floor_tok_s: float = 1.0
     gpu_margin_bytes: int = DEFAULT_GPU_MARGIN_BYTES
-    host_margin_bytes: int | None = None  # None: max(1 GiB, 5 % of the host limit)
+    host_margin_bytes: int | None = None  # None: the watchdog's default SIGTERM line (host_term_line_bytes)
     min_ctx: int = DEFAULT_MIN_CTX
     decode_at_tokens: int = 512  # KV fill at which decode speed is forecast
     pinned: Pinned = field(default_factory=Pinned)

@@ -25,8 +25,9 @@ def _describe_deficit(ev: Evaluation) -> str:
     for m in ev.memory:
         if m.fits is False:
             what = "VRAM" if m.kind == "gpu" else "host RAM"
+            flag = "--margin MiB" if m.kind == "gpu" else "the watchdog's SIGTERM line, --min-host-available MiB"
             parts.append(f"needs {_gib(-m.headroom_bytes)} more {what} on {m.device}"
-                         f" (plan {_gib(m.total_bytes)} + margin {_gib(m.margin_bytes)}"
+                         f" (plan {_gib(m.total_bytes)} + margin {_gib(m.margin_bytes)} [{flag}]"
                          f" > free {_gib(m.capacity_bytes or 0)})")
     return "nothing fits: closest plan (" + _describe_placement(ev).rsplit(" at ", 1)[0] + ") " + "; ".join(parts)
 
