@@ -33,6 +33,8 @@ class Exit(Enum):
                    " time limit)", "timeout")
     BENCH_FAILED = (15, "the benchmark itself failed (the server answered something unusable); a receipt is still"
                         " written", "bench_failed")
+    BATCH_INCOMPLETE = (16, "a batch finished, but not every job succeeded (refused, failed or timed out: see its"
+                            " summary; receipts are written)", None)
     INTERRUPTED = (130, "interrupted (SIGINT/SIGTERM) before the work finished; a batch leaves the running job"
                         " pending", "interrupted")
 

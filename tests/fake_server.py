@@ -16,6 +16,8 @@ Modes:
                   --leak-progress; holds it --leak-hold-s, then frees it and exits 0. SIGTERM is logged to the
                   progress file as "term <unix time>" and ends the process at once.
   oom-log         prints "failed to allocate buffer for kv cache" and exits 1
+  assert-hang     prints a GGML_ASSERT line like ggml_abort does, then hangs ignoring SIGTERM (a backtrace handler
+                  that never returns)
   sigill          kills itself with SIGILL
   crash           like ok; --die-after-ms after the first completion or /props it exits 2 with no message
 """
@@ -32,7 +34,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MIB = 1 << 20
-MODES = ("ok", "ignore-sigterm", "die-loading", "hang-health", "never-ready", "leak", "oom-log", "sigill", "crash")
+MODES = ("ok", "ignore-sigterm", "die-loading", "hang-health", "never-ready", "leak", "oom-log", "sigill", "crash",
+         "assert-hang")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -122,6 +125,12 @@ def main(argv: list[str]) -> None:
         say("llama_kv_cache: failed to allocate buffer for kv cache")
         say("llama_init_from_model: failed to initialize the context")
         sys.exit(1)
+    if args.mode == "assert-hang":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        say("load_tensors: loading model tensors")
+        say("/llama.cpp/ggml/src/ggml.c:1934: GGML_ASSERT(a->ne[2] == b->ne[0]) failed")
+        time.sleep(args.max_lifetime_s)
+        sys.exit(99)
     if args.mode == "sigill":
         os.kill(os.getpid(), signal.SIGILL)
         time.sleep(5)

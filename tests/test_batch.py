@@ -386,7 +386,7 @@ def done_when(tmp_path_factory, tiny_models, llama_server_bin, profile_cache):
         rc = b.wait(120)
     finally:
         b.cleanup()
-    assert rc == 0, b.stderr()
+    assert rc == 16, b.stderr()  # the bad-flag jobs failed: not every job succeeded
     return {"jobs": jobs, "out": d / "out", "rows": json.loads(b.stdout()), "stderr": b.stderr(),
             "elapsed": b.elapsed, "dir": d}
 
@@ -394,6 +394,7 @@ def done_when(tmp_path_factory, tiny_models, llama_server_bin, profile_cache):
 def test_batch_runs_unattended_and_goes_on_past_a_failed_job(done_when):
     rows = done_when["rows"]
     assert len(rows) == 12
+    assert "gpcrun batch: 4 of 12 job(s) did not succeed (load_failed)" in done_when["stderr"]  # and exit 16
     print(f"\nuninterrupted batch: {len(rows)} jobs in {done_when['elapsed']:.1f} s")
     from gpcrun.batch import render_table
     print(render_table(rows))
@@ -484,7 +485,7 @@ def test_kill_9_in_the_middle_then_resume(batch, done_when, tmp_path, llama_serv
 
     # run again: resume
     b2 = batch([done_when["jobs"], "--out", out, "--json"], home=home)
-    assert b2.wait(120) == 0, b2.stderr()
+    assert b2.wait(120) == 16, b2.stderr()
     err = b2.stderr()
     label = before[interrupted]["label"]
     assert f"job {before[interrupted]['idx']} ({label}) was running when gpcrun died: retrying once" in err, err
@@ -512,7 +513,7 @@ def test_kill_9_in_the_middle_then_resume(batch, done_when, tmp_path, llama_serv
 
     # a third run has nothing left to do
     b3 = batch([done_when["jobs"], "--out", out, "--json"], home=home)
-    assert b3.wait(60) == 0, b3.stderr()
+    assert b3.wait(60) == 16, b3.stderr()
     assert "resuming: 12 of 12 job(s) already finished" in b3.stderr()
     assert json.loads(b3.stdout()) == rows
     assert {r["id"]: (r["attempts"], r["finished_at"]) for r in db_rows(out)} == \
@@ -543,14 +544,14 @@ def test_second_batch_on_the_same_out_is_refused_exit_8(batch, tmp_path, tiny_mo
     assert f"(pid {first.proc.pid})" in lines[0]
     assert second.stdout() == ""
     assert first.proc.poll() is None  # the refused one changed nothing
-    assert first.wait(60) == 0, first.stderr()
+    assert first.wait(60) == 16, first.stderr()  # its one job timed out
     (row,) = db_rows(out)
     assert row["state"] == "failed" and row["outcome"] == "timeout" and row["attempts"] == 1
     doc = json.loads(Path(row["receipt"]).read_text())
     assert doc["outcome"]["kind"] == "timeout"
     # the lock went with the first process: the next run may use OUT (and finds nothing to do)
     third = batch([jobs, "--out", out], env=env)
-    assert third.wait(60) == 0, third.stderr()
+    assert third.wait(60) == 16, third.stderr()
     assert "resuming: 1 of 1 job(s) already finished" in third.stderr()
 
 

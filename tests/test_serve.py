@@ -505,6 +505,23 @@ def test_sigterm_deaf_server_after_a_watchdog_sigterm_is_killed_after_the_grace(
     assert json.loads((d / "run.json").read_text())["envelope"]["limits_fired"] == ["host_term"]
 
 
+def test_a_repeated_watchdog_term_waits_out_the_grace(serve, tmp_path, tiny_models):
+    """Still below the SIGTERM line (not the kill line) after the watchdog's 2 s settle time: the server keeps its
+    --grace (3 s) before the SIGKILL; before this fix the repeat killed it at 2 s with 1 GB still free."""
+    siglog = tmp_path / "signals.txt"
+    s, res, progress = _bomb_undisturbed(serve, tmp_path, tiny_models["tiny-llama-q8_0"], term_below_now_mib=200,
+                                         kill_below_now_mib=1400,
+                                         fake_args=("--ignore-sigterm", "--signal-log", str(siglog),
+                                                    "--leak-max-mb", "800", "--leak-hold-s", "8"), grace_s=3)
+    assert res["rc"] == 13, s.stderr()
+    ev = s.events()
+    assert ev[-2]["note"] == "watchdog host_term" and ev[-1]["note"] == "exited by signal SIGKILL"
+    took = ev[-1]["t_mono"] - ev[-2]["t_mono"]
+    assert 2.9 <= took < 4.5, took
+    assert len(siglog.read_text().splitlines()) == 1
+    assert json.loads((s.run_dir() / "run.json").read_text())["envelope"]["limits_fired"] == ["host_term"]
+
+
 # ------------------------------------------------------------------------------------------------ a real cgroup
 
 
@@ -580,6 +597,8 @@ def _rmdir(path: str) -> bool:
     ("sigill", [], 11, ["SIGILL"]),
     ("oom-log", [], 11, ["host memory allocation failed"]),
     ("never-ready", ["--ready-timeout", "1"], 14, ["did not become ready"]),
+    # stuck after a GGML_ASSERT (deaf to SIGTERM): stopped when the line appears, not at the load timeout
+    ("assert-hang", ["--ready-timeout", "60"], 11, ["failed an assertion", "a->ne[2] == b->ne[0]"]),
 ])
 def test_faults_through_gpcrun(serve, tmp_path, tiny_models, mode, extra, code, words):
     shim = tmp_path / "fake"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -74,13 +75,19 @@ def batch_cmd(args, out_dir, dry_run, shard, as_json, markdown):
 
     banner = (f"gpcrun batch: {len(mine)} job(s)" + (f" (shard {sh[0]}/{sh[1]} of {len(jobs)})" if sh else "")
               + f" -> {out}")
-    import signal
-    # SIGTERM (scancel, a scheduler's time limit) stops like Ctrl-C: the running job is stopped, reaped and
-    # left pending for the next run (exit 130)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    from ..launch.signals import on_termination
+    # SIGTERM (scancel, a scheduler's time limit), SIGHUP (a closed terminal) ... stop like Ctrl-C: the running job
+    # is stopped, reaped and left pending for the next run (exit 130)
+    on_termination(_raise_interrupt)
     rows = BatchRunner(mine, out, run_job, banner=banner).run()
     _print(rows, as_json, markdown, render_table, render_markdown)
     click.echo(f"gpcrun batch: summary written to {out}/summary.{{csv,json,md}}", err=True)
+    bad = [r for r in rows if r.get("outcome") != "clean_stop"]
+    if bad:
+        from ..exits import Exit
+        click.echo(f"gpcrun batch: {len(bad)} of {len(rows)} job(s) did not succeed"
+                   f" ({', '.join(sorted({str(r.get('outcome')) for r in bad}))})", err=True)
+        sys.exit(Exit.BATCH_INCOMPLETE.code)
 
 
 def _raise_interrupt(signum, frame):

@@ -24,6 +24,12 @@ _LOG_RULES = [
      r"exiting due to model loading error|error loading model",
      "model_invalid", "the model could not be loaded"),
     (r"couldn't bind HTTP server socket|address already in use", "port_in_use", "the port is already in use"),
+    # last, so that a cause it follows from (a CUDA OOM) wins. ggml.c ggml_abort prints "FILE:LINE: GGML_ASSERT(cond)
+    # failed" / "FILE:LINE: fatal error"; an escaped C++ exception "terminate called after throwing". The process
+    # may then hang in its backtrace handler: serve stops it as soon as the line appears (exit 11).
+    (FATAL_PATTERN := r"GGML_ASSERT\((.*?)\) failed|\.(?:c|cpp|cu|m):\d+: (fatal error)\s*$|"
+                      r"terminate called after throwing an instance of '?([^'\n]*)",
+     "assert", "llama-server failed an assertion"),
 ]
 
 
@@ -46,9 +52,18 @@ class Outcome:
         return dict(self.__dict__)
 
 
+_FATAL_RE = re.compile(FATAL_PATTERN, re.MULTILINE)
+
+
+def fatal_line(text: str) -> str | None:
+    """The first assertion/abort line in llama-server's output, None when there is none."""
+    m = _FATAL_RE.search(text)
+    return _line_of(text, m.start()) if m else None
+
+
 def log_cause(log_tail: str) -> tuple[str, str] | None:
     for pat, kind, human in _LOG_RULES:
-        m = re.search(pat, log_tail, re.IGNORECASE)
+        m = re.search(pat, log_tail, re.IGNORECASE | re.MULTILINE)
         if m:
             detail = next((g for g in m.groups() if g), None) if m.groups() else None
             line = _line_of(log_tail, m.start())

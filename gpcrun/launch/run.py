@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from ..atomic import PRIVATE, open_private, write_json_atomic
+from ..exits import Exit
 from ..paths import gpcrun_home
 from ..redact import scrub, secret_values
 from ..server_args import ServerArgs, settings
 from .endpoint import url_of
-from .outcome import Outcome, classify
+from .outcome import Outcome, classify, fatal_line
+from .signals import on_termination
 from .supervisor import State, Supervisor
 from .sampling import make_sampler
 from .watchdog import Action, Limits, Watchdog
@@ -139,18 +141,22 @@ class ServerRun:
     def install_signal_handlers(self) -> None:
         def handler(signum, _frame):
             self.request_stop(f"gpcrun received {signal.Signals(signum).name}")
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
+        on_termination(handler)
 
     # ---------------------------------------------------------------------------- one attempt
 
     def _act(self, action: Action) -> None:
-        """Watchdog decision -> signal. First term: ONE SIGTERM; a repeat or a kill rule: SIGKILL."""
+        """Watchdog decision -> signal. First term: ONE SIGTERM; a kill rule (the kill line crossed): SIGKILL at
+        once; a repeated term: SIGKILL only once --grace has passed since the SIGTERM (until then the server is
+        given its grace: stop() enforces it)."""
         sup = self.sup
         if sup is None:
             return
+        if action.kind != "kill" and sup.term_sent_at is not None \
+                and sup.clock() - sup.term_sent_at < self.opts.grace_s:
+            return
         self._watchdog_action = self._watchdog_action or action
-        kill = action.kind == "kill" or sup.term_sent_at is not None  # a repeat after the grace escalates
+        kill = action.kind == "kill" or sup.term_sent_at is not None
         if kill:
             sup.kill_now(f"watchdog {action.rule}")
         else:
@@ -231,6 +237,7 @@ class ServerRun:
         with open_private(log, "ab") as f:
             f.write(f"\n=== gpcrun attempt {n} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
         self._watchdog_action = None
+        fatal = _FatalScan(log)
         oom_before = self._oom_kills()
         self.sup = sup = Supervisor(o.argv, log, o.run_dir / "events.jsonl",
                                     redact=lambda note: scrub(note, self._secrets))
@@ -255,7 +262,10 @@ class ServerRun:
         timeout = o.ready_timeout_s if o.ready_timeout_s is not None else load_timeout_s(o.model_bytes)
         # cancel: a signal to gpcrun is seen between two polls, not after the load timeout
         ready = sup.wait_ready(self.url, max(0.0, t0 + timeout - time.monotonic()), api_key=self._api_key(),
-                               cancel=self._stop_requested.is_set)
+                               cancel=lambda: self._stop_requested.is_set() or fatal() is not None)
+        if not ready and fatal() is not None and sup.poll() is None:  # it may hang in its backtrace handler
+            o.echo(f"gpcrun: llama-server failed an assertion while loading: {scrub(fatal(), self._secrets)}")
+            sup.kill_now("assertion failed")
         phase = "ready" if ready else "loading"
         timed_out = False
         if ready:
@@ -281,6 +291,9 @@ class ServerRun:
         wa = self._watchdog_action
         out = classify(sup.returncode, phase, tail_text, oom_before, oom_after,
                        wa.rule if wa else None, wa.message if wa else "", user_stop, timed_out)
+        if out.kind == "clean_stop" and phase == "loading" and self._stop_reason.startswith(("gpcrun received",
+                                                                                            "interrupted")):
+            return Outcome.of(Exit.INTERRUPTED, "signal", f"{self._stop_reason} while llama-server was loading")
         if out.kind == "clean_stop" and self._stop_reason:  # say who stopped it: a signal, a finished bench
             out = Outcome(out.kind, out.exit_code, out.cause, out.reason.replace("on request", self._stop_reason, 1))
         return out
@@ -315,6 +328,34 @@ class ServerRun:
         if self._nvml is not None:
             self._nvml.close()
         return result
+
+
+class _FatalScan:
+    """llama-server's new log output (from where this attempt began), read in bounded chunks, searched for an
+    assertion or abort line; the first one found is kept."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.pos = path.stat().st_size
+        except OSError:
+            self.pos = 0
+        self.carry = ""
+        self.line: str | None = None
+
+    def __call__(self) -> str | None:
+        if self.line is None:
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(self.pos)
+                    chunk = f.read(1 << 20)
+            except OSError:
+                return None
+            self.pos += len(chunk)
+            text = self.carry + chunk.decode(errors="replace")
+            self.line = fatal_line(text)
+            self.carry = text[-4096:]  # a line split between two reads
+        return self.line
 
 
 def _read_tail(path: Path, n_bytes: int = 64 * 1024) -> str:
