@@ -35,6 +35,8 @@ class Exit(Enum):
                         " written", "bench_failed")
     BATCH_INCOMPLETE = (16, "a batch finished, but not every job succeeded (refused, failed or timed out: see its"
                             " summary; receipts are written)", None)
+    UNRESPONSIVE = (17, "llama-server stopped answering after it was ready (stopped or deadlocked) and was stopped",
+                    "unresponsive")
     INTERRUPTED = (130, "interrupted (SIGINT/SIGTERM) before the work finished; a batch leaves the running job"
                         " pending", "interrupted")
 

@@ -40,6 +40,7 @@ class RunConfig:
     timeout_s: float | None = None  # the whole run (load + bench), for batch jobs
     ready_timeout_s: float | None = None
     grace_s: float = 10.0
+    liveness_timeout_s: float = 60.0  # after ready: no answer to /health this long -> unresponsive (0: off)
     restart: str = "no"
     max_restarts: int = 3
     limits: object | None = None  # launch.watchdog.Limits (default: from the effective host limit)
@@ -159,6 +160,7 @@ def _serve(cfg: RunConfig, res: RunResult, binary: str, args: list[str]) -> None
             size = res.model.info.file_size_bytes if res.model is not None else None
             run = ServerRun(RunOptions(argv=argv, run_dir=res.run_dir, model_bytes=size,
                                        ready_timeout_s=cfg.ready_timeout_s or cfg.timeout_s, grace_s=cfg.grace_s,
+                                       liveness_timeout_s=cfg.liveness_timeout_s,
                                        limits=cfg.limits, restart=cfg.restart, max_restarts=cfg.max_restarts,
                                        quiet=cfg.quiet, echo=cfg.echo))
             if cfg.bench is None:  # serve: in this thread, until a signal, a death or the watchdog

@@ -278,14 +278,19 @@ def test_missing_model_exits_3(serve, llama_server_bin, tmp_path):
 
 
 def test_port_in_use_exits_11(serve, llama_server_bin, tiny_models):
+    """Another process listens on --port: nothing is started (it would be taken for our server: 'ready', then
+    'crashed'); exit 11, cause port_in_use, at once."""
     import socket
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
+        t0 = time.monotonic()
         s = serve(*real_args(llama_server_bin, tiny_models["tiny-llama-q8_0"], port, "--no-plan"))
         assert s.wait(60) == 11, s.stderr()
+    assert time.monotonic() - t0 < 15 and s.server_pid() is None
     assert "port is already in use" in last_line(s.stderr())
+    assert json.loads((s.run_dir() / "run.json").read_text())["outcome"]["cause"] == "port_in_use"
 
 
 # ------------------------------------------------------------------------------------------------ orphans
@@ -613,6 +618,25 @@ def test_faults_through_gpcrun(serve, tmp_path, tiny_models, mode, extra, code, 
     for w in words:
         assert w in line, line
     assert json.loads((s.run_dir() / "run.json").read_text())["outcome"]["exit_code"] == code
+
+
+def test_a_stopped_server_is_found_unresponsive(serve, tmp_path, tiny_models):
+    """SIGSTOP after ready (a debugger, a deadlock): /health gets no answer; with --liveness-timeout 2 gpcrun stops
+    it and says so: exit 17, outcome unresponsive, the server gone."""
+    shim = tmp_path / "fake"
+    shim.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE} --mode ok --max-lifetime-s 60 \"$@\"\n")
+    shim.chmod(0o755)
+    s = serve(str(tiny_models["tiny-llama-q8_0"]), "--no-plan", "--quiet", "--server-bin", str(shim),
+              "--liveness-timeout", "2", "--grace", "1", "--", "--port", str(free_port()))
+    assert s.wait_state("ready", 20), s.stderr()
+    server = s.server_pid()
+    os.kill(server, signal.SIGSTOP)
+    t0 = time.monotonic()
+    assert s.wait(30) == 17, s.stderr()
+    assert time.monotonic() - t0 < 10
+    assert gone(server)
+    run = json.loads((s.run_dir() / "run.json").read_text())
+    assert run["outcome"]["kind"] == "unresponsive" and "no answer" in run["outcome"]["reason"]
 
 
 def test_sigterm_deaf_server_is_killed_after_the_grace(serve, tmp_path, tiny_models):

@@ -37,6 +37,21 @@ def url_of(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
     return f"{'https' if lst.tls else 'http'}://{host}:{lst.port}{prefix}"
 
 
+def port_taken(url: str, timeout_s: float = 0.5) -> bool:
+    """True when something already accepts TCP connections at the URL's host and port: the server gpcrun is about
+    to start could not bind there, and whatever answers would be taken for it. UNIX sockets: never."""
+    if url.startswith(UNIX_SCHEME):
+        return False
+    u = urllib.parse.urlsplit(url)
+    if u.hostname is None or u.port is None:
+        return False
+    try:
+        with socket.create_connection((u.hostname, u.port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float | None = None) -> None:
         super().__init__("localhost", timeout=timeout)

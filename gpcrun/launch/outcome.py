@@ -120,3 +120,28 @@ def _rc(rc: int | None) -> str:
         except ValueError:
             return f"signal {-rc}"
     return f"code {rc}"
+
+
+def advice_for(action, plan: dict | None) -> str:
+    """What to change after the watchdog fired (action: watchdog.Action), from the plan that ran (plan.json)."""
+    if action.rule.startswith("host"):
+        from ..receipt.docs import PlanDoc
+        doc = PlanDoc.from_json(plan)
+        ctx = doc.placement.ctx
+        smaller = f" try --ctx {max(512, ctx // 2)}" if ctx else " try a smaller --ctx"
+        cache = doc.prompt_cache_mib
+        if cache:  # the host prompt cache grows while the server runs; weights and KV are allocated at load
+            shown = "unlimited" if cache < 0 else f"{cache} MiB"
+            return (f"host memory ran short while the server ran: the host prompt cache ({shown}) grows with every"
+                    f" distinct prompt; lower --cache-ram (e.g. -cram {max(0, cache // 2) if cache > 0 else 1024}),"
+                    " or free memory elsewhere;" + smaller + " frees KV cache too")
+        return ("host memory ran short while the server ran: the KV cache or the weights grew past what is free;"
+                + smaller + " or --kv-type q8_0, or free memory elsewhere")
+    if action.rule == "gpu_free":
+        return "VRAM ran short: try --ctx smaller, --kv-type q8_0, or more --n-cpu-moe / a smaller -ngl"
+    if action.rule in ("gpu_temp", "gpu_power"):
+        return "the GPU stayed over your temperature/power limit: improve cooling or lower the power limit"
+    if action.rule == "watchdog_blind":
+        return ("gpcrun could not read host memory (/proc/meminfo, the cgroup's memory files) and stopped the server"
+                " rather than run it unwatched: check that they are readable here")
+    return ""

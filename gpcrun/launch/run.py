@@ -22,8 +22,9 @@ from ..exits import Exit
 from ..paths import gpcrun_home
 from ..redact import scrub, secret_values
 from ..server_args import ServerArgs, settings
-from .endpoint import url_of
-from .outcome import Outcome, classify, fatal_line
+from .endpoint import port_taken, url_of
+from .liveness import Liveness
+from .outcome import Outcome, advice_for, classify, fatal_line
 from .signals import on_termination
 from .supervisor import State, Supervisor
 from .sampling import make_sampler
@@ -84,6 +85,7 @@ class RunOptions:
     model_bytes: int | None = None
     ready_timeout_s: float | None = None
     grace_s: float = 10.0
+    liveness_timeout_s: float = 60.0  # after ready: no answer to /health this long -> unresponsive (0: off)
     limits: Limits | None = None
     restart: str = "no"  # "no" | "on-failure"
     max_restarts: int = 3
@@ -129,10 +131,16 @@ class ServerRun:
         self._nvml = None
         self._gpu_static: tuple = ()
         self._incident_written = False
+        self._dead_reason: str | None = None
         self._secrets = secret_values(opts.argv[1:], os.environ)
         write_run_doc(opts.run_dir / "argv.json", opts.argv, self._secrets)
 
     # ---------------------------------------------------------------------------- control from outside
+
+    def _unresponsive(self, reason: str) -> None:
+        self._dead_reason = reason
+        self.opts.echo(f"gpcrun: {reason}: stopping it")
+        self.request_stop("unresponsive")
 
     def request_stop(self, reason: str) -> None:
         self._stop_reason = reason
@@ -199,14 +207,15 @@ class ServerRun:
             try:
                 with open(path, "rb") as f:
                     f.seek(pos)
-                    chunk = f.read()
+                    chunk = f.read(_TAIL_CHUNK_BYTES)  # bounded: a burst of output never sits in memory whole
                     pos += len(chunk)
             except FileNotFoundError:
                 chunk = b""
             if chunk:
                 sys.stderr.write(chunk.decode(errors="replace"))
                 sys.stderr.flush()
-            self._tail_stop.wait(0.2)
+            if len(chunk) < _TAIL_CHUNK_BYTES:
+                self._tail_stop.wait(0.2)
 
     def _open_nvml(self) -> None:
         if not self.opts.use_nvml or self._nvml is not None:
@@ -253,6 +262,11 @@ class ServerRun:
             tail = threading.Thread(target=self._tail, args=(log,), daemon=True)
             tail.start()
         t0 = time.monotonic()
+        reuse = ServerArgs.parse(list(o.argv[1:]), os.environ, strict=False).flag("reuse-port")
+        if not reuse and port_taken(self.url):  # a foreign process there would be taken for our server
+            self._tail_stop.set()
+            return Outcome.of(Exit.LOAD_FAILED, "port_in_use", f"the port is already in use: another process answers"
+                              f" at {self.url}; pick another --port (nothing was started)")
         try:
             sup.start()
         except OSError as e:
@@ -272,9 +286,12 @@ class ServerRun:
             self.ready_s = time.monotonic() - t0
             self.ready_event.set()
             o.echo(f"gpcrun: ready at {self.url} in {self.ready_s:.2f} s (run dir {o.run_dir})")
-            # until a signal, a death, or the watchdog's SIGTERM (then stop() below enforces the grace period)
+            live = Liveness(self.url, self._api_key(), o.liveness_timeout_s, self._unresponsive)
+            live.start()
+            # until a signal, a death, the watchdog's SIGTERM or silence (then stop() below enforces the grace)
             while not self._stop_requested.is_set() and sup.poll() is None and sup.state is State.READY:
                 self._stop_requested.wait(0.1)
+            live.stop()
         elif sup.poll() is None and not self._stop_requested.is_set() and sup.state is State.LOADING:
             timed_out = True
         user_stop = self._stop_requested.is_set() and self._watchdog_action is None
@@ -291,6 +308,8 @@ class ServerRun:
         wa = self._watchdog_action
         out = classify(sup.returncode, phase, tail_text, oom_before, oom_after,
                        wa.rule if wa else None, wa.message if wa else "", user_stop, timed_out)
+        if self._dead_reason is not None and out.kind == "clean_stop":
+            return Outcome.of(Exit.UNRESPONSIVE, "liveness", self._dead_reason)
         if out.kind == "clean_stop" and phase == "loading" and self._stop_reason.startswith(("gpcrun received",
                                                                                             "interrupted")):
             return Outcome.of(Exit.INTERRUPTED, "signal", f"{self._stop_reason} while llama-server was loading")
@@ -330,6 +349,9 @@ class ServerRun:
         return result
 
 
+_TAIL_CHUNK_BYTES = 1 << 20
+
+
 class _FatalScan:
     """llama-server's new log output (from where this attempt began), read in bounded chunks, searched for an
     assertion or abort line; the first one found is kept."""
@@ -365,27 +387,3 @@ def _read_tail(path: Path, n_bytes: int = 64 * 1024) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
-
-
-def advice_for(action: Action, plan: dict | None) -> str:
-    if action.rule.startswith("host"):
-        from ..receipt.docs import PlanDoc
-        doc = PlanDoc.from_json(plan)
-        ctx = doc.placement.ctx
-        smaller = f" try --ctx {max(512, ctx // 2)}" if ctx else " try a smaller --ctx"
-        cache = doc.prompt_cache_mib
-        if cache:  # the host prompt cache grows while the server runs; weights and KV are allocated at load
-            shown = "unlimited" if cache < 0 else f"{cache} MiB"
-            return (f"host memory ran short while the server ran: the host prompt cache ({shown}) grows with every"
-                    f" distinct prompt; lower --cache-ram (e.g. -cram {max(0, cache // 2) if cache > 0 else 1024}),"
-                    " or free memory elsewhere;" + smaller + " frees KV cache too")
-        return ("host memory ran short while the server ran: the KV cache or the weights grew past what is free;"
-                + smaller + " or --kv-type q8_0, or free memory elsewhere")
-    if action.rule == "gpu_free":
-        return "VRAM ran short: try --ctx smaller, --kv-type q8_0, or more --n-cpu-moe / a smaller -ngl"
-    if action.rule in ("gpu_temp", "gpu_power"):
-        return "the GPU stayed over your temperature/power limit: improve cooling or lower the power limit"
-    if action.rule == "watchdog_blind":
-        return ("gpcrun could not read host memory (/proc/meminfo, the cgroup's memory files) and stopped the server"
-                " rather than run it unwatched: check that they are readable here")
-    return ""
