@@ -282,6 +282,9 @@ BAD_FILES = {
     "args-plan": ("[[models]]\npath = 'x'\nserver_args = ['-c', 'big']\n", "-c expects an integer"),
     "dup": ("[[models]]\npath = 'x'\n[[models]]\npath = 'x'\nname = 'y'\n", "two jobs are identical"),
     "env": ("[[models]]\npath = '$GPCRUN_TEST_UNSET_VAR/m.gguf'\n", "$GPCRUN_TEST_UNSET_VAR is not set"),
+    # 201 x 60 = 12060 jobs: refused before anything is expanded (a 10^6-job dry run planned for ~2 h silently)
+    "huge": ("[[models]]\npath = 'x'\n[matrix]\nctx = " + str(list(range(201))) + "\nparallel = "
+             + str(list(range(1, 61))) + "\n", "the matrix expands to 12060 jobs, more than 10000"),
 }
 
 
@@ -315,6 +318,11 @@ def test_bad_job_files_exit_7_with_one_line(tmp_path):
         assert out == "" and not (tmp_path / f"out-{name}").exists()
     assert missing.returncode == 7 and "nope.toml: cannot read" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+    binary = tmp_path / "model.gguf.toml"  # a binary file given by mistake
+    binary.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(range(256)))
+    b = subprocess.run([sys.executable, "-m", "gpcrun", "batch", str(binary)], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert b.returncode == 7 and "not a text file" in b.stderr and len(b.stderr.strip().splitlines()) == 1, b.stderr
     bad_shard = subprocess.run([sys.executable, "-m", "gpcrun", "batch", str(tmp_path / "matrix-key.toml"),
                                 "--shard", "2/2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert bad_shard.returncode == 7  # the job file is checked first
@@ -717,3 +725,10 @@ def test_sigterm_stops_the_batch_and_the_job_runs_again(batch, tmp_path, tiny_mo
     assert second.wait(60) == 0, second.stderr()
     (row,) = db_rows(out)
     assert row["state"] == "done" and row["outcome"] == "clean_stop" and row["attempts"] == 1
+
+
+def test_max_jobs_is_the_limit(tmp_path):
+    text = "[[models]]\npath = 'x'\n[matrix]\nctx = [256, 512, 1024]\nparallel = [1, 2]\n"
+    with pytest.raises(BatchError, match="expands to 6 jobs, more than 5: split it, or pass --max-jobs 6"):
+        parse_jobs(text, tmp_path, "jobs.toml", env={}, max_jobs=5)
+    assert len(parse_jobs(text, tmp_path, "jobs.toml", env={}, max_jobs=6)[1]) == 6

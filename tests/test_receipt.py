@@ -256,6 +256,34 @@ def test_redact_paths_end_to_end(home, tiny_models):
 
 # ------------------------------------------------------------------------------------------------ store
 
+def test_damaged_receipt_files_are_skipped_and_reported(real_parts, tmp_path):
+    """One good receipt beside a deeply nested file, a field that is an object, and a string where a number
+    belongs: ls and reindex work (exit 0), name the skipped files, and index only the good one."""
+    from click.testing import CliRunner
+
+    from gpcrun.cli.main import main as cli_main
+    root = tmp_path / "home" / "receipts"
+    store = R.ReceiptStore(root)
+    good = make_doc(real_parts, rid="r20250101T000000Z-0000000a", created="2025-01-01T00:00:00Z")
+    store.save(good)
+    store.close()
+    (root / "r20250102T000000Z-0000000b.json").write_text("[" * 200000 + "]" * 200000)
+    bad = json.loads(json.dumps(good))
+    bad["id"], bad["measured"]["decode_tok_s"] = "r20250103T000000Z-0000000c", {"mean": {"deep": 1}}
+    (root / f"{bad['id']}.json").write_text(json.dumps(bad))
+    word = json.loads(json.dumps(good))
+    word["id"], word["plan"]["plan"]["placement"]["ctx"] = "r20250104T000000Z-0000000d", "lots"
+    (root / f"{word['id']}.json").write_text(json.dumps(word))
+    env = {"GPCRUN_HOME": str(tmp_path / "home")}
+    for argv in (["receipt", "ls"], ["receipt", "reindex"], ["receipt", "ls", "--json"]):
+        r = CliRunner().invoke(cli_main, argv, env=env)
+        assert r.exit_code == 0, (argv, r.output)
+        assert "0000000a" in r.output or "indexed 1 receipt" in r.output, r.output
+        for rid in ("0000000b", "0000000c", "0000000d"):
+            assert "skipped" in r.output and rid in r.output, (argv, r.output)
+    assert [x["id"] for x in R.ReceiptStore(root).query()] == [good["id"]]
+
+
 def test_store_save_query_get(real_parts, tmp_path):
     store = R.ReceiptStore(tmp_path / "receipts")
     a = make_doc(real_parts, rid="r20250101T000000Z-0000000a", created="2025-01-01T00:00:00Z", model_name="alpha.gguf")
@@ -469,6 +497,12 @@ CAL_CASES = [
      "architecture"),
     ("default threads match default only", [row(0.3, threads=1), row(0.6, threads=None)], None, 0.6, 0.15, "1 receipt"),
     ("other threads: fallback, wider", [row(0.3, threads=1)], 4, 0.3, 0.225, "other thread counts"),
+    # hand-made or damaged receipts calibrate nothing (they gave forecasts of 13.7 billion and -196 tok/s)
+    ("beyond physics ignored", [row(0.5), row(1.37e8)], 1, 0.5, 0.15, "1 receipt"),
+    ("negative ignored", [row(0.5), row(-1.96)], 1, 0.5, 0.15, "1 receipt"),
+    ("zero ceiling ignored", [row(0.5), row(0.5, ceiling=0.0)], 1, 0.5, 0.15, "1 receipt"),
+    ("non-numbers ignored", [row(0.5), dict(row(0.5), decode_tok_s="fast"), dict(row(0.5), decode_tok_s=True),
+                             dict(row(0.5), ceiling_decode_tok_s=float("nan"))], 1, 0.5, 0.15, "1 receipt"),
 ]
 
 

@@ -60,8 +60,11 @@ def _known_keys(table: Mapping, known: Sequence[str], where: str, source: str) -
         raise BatchError(f"{source}: unknown {where} keys {sorted(unknown)} (known: {', '.join(known)})")
 
 
+MAX_JOBS = 10_000  # a bigger matrix is refused unless asked for (--max-jobs): it is more likely a typo than a plan
+
+
 def parse_jobs(text: str, base_dir: Path, source: str = "JOBS.toml",
-               env: Mapping[str, str] | None = None) -> tuple[dict, list[Job]]:
+               env: Mapping[str, str] | None = None, max_jobs: int = MAX_JOBS) -> tuple[dict, list[Job]]:
     """Parse and expand a job file. Relative model paths are relative to the job file; `~` and `$VAR` /
     `${VAR}` in a model path are expanded from the environment (an unset variable is an error)."""
     env = os.environ if env is None else env
@@ -94,6 +97,12 @@ def parse_jobs(text: str, base_dir: Path, source: str = "JOBS.toml",
             if not isinstance(vals, list) or not vals:
                 raise BatchError(f"{source}: [matrix] {k} must be a non-empty list")
             axes.append((k, vals))
+    n_jobs = len(models) if isinstance(models, list) else 0
+    for _, vals in axes:
+        n_jobs *= len(vals)
+    if n_jobs > max_jobs:  # before expanding anything: 10^6 jobs would take minutes just to list
+        raise BatchError(f"{source}: the matrix expands to {n_jobs} jobs, more than {max_jobs}: split it, or pass"
+                         f" --max-jobs {n_jobs}")
     jobs: list[Job] = []
     for mi, m in enumerate(models):
         if not isinstance(m, dict) or not (m.get("path") or m.get("ref")):

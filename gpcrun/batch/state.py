@@ -37,7 +37,8 @@ class BatchState:
             self.db.execute(sql, args)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # a failed COMMIT (disk full) has rolled back already: say the real error
+                self.db.execute("ROLLBACK")
             raise
 
     def sync(self, jobs: Iterable[Job]) -> None:

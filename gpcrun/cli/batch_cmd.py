@@ -20,7 +20,9 @@ from .main import emit_json, main
               "SLURM_ARRAY_TASK_COUNT or JOB_COMPLETION_INDEX/GPCRUN_SHARD_COUNT when set.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--markdown", is_flag=True, help="Print the summary as a Markdown table.")
-def batch_cmd(args, out_dir, dry_run, shard, as_json, markdown):
+@click.option("--max-jobs", type=click.IntRange(min=1), default=None,
+              help="Allow a matrix of up to this many jobs (default 10000).")
+def batch_cmd(args, out_dir, dry_run, shard, as_json, markdown, max_jobs):
     """Run many models x settings unattended (plan -> serve -> bench -> receipt per job); resumable.
 
     `gpcrun batch report DIR...` merges the summaries of one or more output directories."""
@@ -37,10 +39,13 @@ def batch_cmd(args, out_dir, dry_run, shard, as_json, markdown):
         raise click.UsageError("gpcrun batch JOBS.toml (or: gpcrun batch report DIR...)")
     jobs_path = Path(args[0])
     try:
-        text = jobs_path.read_text()
+        text = jobs_path.read_text(encoding="utf-8")
     except OSError as e:
         raise BatchError(f"{jobs_path}: cannot read ({e.strerror or e})") from None
-    batch, jobs = parse_jobs(text, jobs_path.resolve().parent, str(jobs_path))
+    except UnicodeDecodeError as e:
+        raise BatchError(f"{jobs_path}: not a text file (TOML is UTF-8; byte {e.start} is not)") from None
+    from ..batch.jobs import MAX_JOBS
+    batch, jobs = parse_jobs(text, jobs_path.resolve().parent, str(jobs_path), max_jobs=max_jobs or MAX_JOBS)
     sh = parse_shard(shard) if shard else shard_from_env(os.environ)
     mine = select_shard(jobs, sh)
     out = Path(out_dir or batch.get("output") or jobs_path.with_name(jobs_path.stem + "-out"))
@@ -107,14 +112,26 @@ def _dry_run(jobs, as_json):
     from ..fmt import table
     from ..planning import build_request, build_target, plan_model, resolve_model
 
+    import time
     target = build_target((), (), False)
     rows = []
-    for job in jobs:
+    models: dict = {}  # each model's header read once
+    plans: dict = {}  # jobs that differ only in what does not change the plan (concurrency, tokens...) share it
+    t_say = time.monotonic() + 2
+    for i, job in enumerate(jobs):
         s = job.settings
+        if time.monotonic() >= t_say and not as_json:
+            click.echo(f"gpcrun batch: planned {i} of {len(jobs)} job(s) ({len(plans)} distinct plans)", err=True)
+            t_say = time.monotonic() + 2
         try:
-            req = build_request(s["ctx"], s["kv_type"], max(s["parallel"], max(s["concurrency"] or [1])), 1.0,
-                                None, s["server_args"], env=os.environ)
-            plan = plan_model(resolve_model(job.model), req, target)
+            slots = max(s["parallel"], max(s["concurrency"] or [1]))
+            key = (job.model, s["ctx"], s["kv_type"], slots, tuple(s["server_args"]))
+            if key not in plans:
+                req = build_request(s["ctx"], s["kv_type"], slots, 1.0, None, s["server_args"], env=os.environ)
+                if job.model not in models:
+                    models[job.model] = resolve_model(job.model)
+                plans[key] = plan_model(models[job.model], req, target)
+            plan = plans[key]
             ev = plan.chosen or plan.nearest
             fc = ev.forecast.decode_tok_s if ev else None
             rows.append({"job": job.index, "model": job.label, "config": job.describe(), "verdict": plan.verdict,

@@ -19,7 +19,9 @@ def receipt_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def ls_cmd(model, since, as_json):
     from ..receipt import ReceiptStore
-    rows = ReceiptStore().query(model=model, since=since)
+    store = ReceiptStore()
+    rows = store.query(model=model, since=since)
+    _report_skipped(store)
     if as_json:
         emit_json(rows)
         return
@@ -63,8 +65,18 @@ def validate_cmd(path):
 def reindex_cmd():
     """Rebuild the SQLite index from the JSON files."""
     from ..receipt import ReceiptStore
-    n = ReceiptStore().reindex()
+    store = ReceiptStore()
+    n = store.reindex()
+    _report_skipped(store)
     click.echo(f"indexed {n} receipt(s)")
+
+
+def _report_skipped(store) -> None:
+    skipped = list(dict.fromkeys(store.skipped))
+    for p in skipped[:5]:
+        click.echo(f"gpcrun: warning: skipped {p}: not a readable gpcrun receipt", err=True)
+    if len(skipped) > 5:
+        click.echo(f"gpcrun: warning: ... and {len(skipped) - 5} more", err=True)
 
 
 __all__ = ["receipt_group", "ReceiptError"]

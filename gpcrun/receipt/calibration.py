@@ -1,6 +1,7 @@
 """Calibration: realised decode efficiency from the receipts of earlier runs narrows the planner's forecast."""
 from __future__ import annotations
 
+import math
 import statistics
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -19,12 +20,23 @@ def argv_threads(argv: Sequence[str]) -> int | None:
         return None
 
 
+# A measured decode speed above this multiple of the bandwidth ceiling is not physics (a hand-made or damaged
+# receipt): such a receipt calibrates nothing. Below the ceiling any fraction is possible (a slow machine).
+MAX_EFFICIENCY = 2.0
+
+
+def _physical(r: dict) -> bool:
+    d, c = r.get("decode_tok_s"), r.get("ceiling_decode_tok_s")
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in (d, c)):
+        return False
+    return d / c <= MAX_EFFICIENCY
+
+
 def calibrate(rows: Iterable[dict], model_fp: str | None, hardware_fp: str | None, arch: str | None,
               threads: int | None = None) -> "Calibration | None":
     """Realised efficiency (measured decode / ceiling) from good receipts: same model and hardware first,
     else same hardware and architecture (wider band). Failed runs and runs where the watchdog fired don't count."""
-    good = [r for r in rows if r.get("outcome") == "clean_stop" and not r.get("watchdog_fired")
-            and r.get("decode_tok_s") and r.get("ceiling_decode_tok_s")]
+    good = [r for r in rows if r.get("outcome") == "clean_stop" and not r.get("watchdog_fired") and _physical(r)]
     exact = [r for r in good if r.get("model_fingerprint") == model_fp and r.get("hardware_fingerprint") == hardware_fp]
     arch_ = [r for r in good if r.get("hardware_fingerprint") == hardware_fp and r.get("architecture") == arch]
     # CPU decode speed depends on the thread count: runs at the same -t (None = llama.cpp's default) first;

@@ -23,6 +23,10 @@ _COLUMNS = ("id", "created_utc", "kind", "model_name", "model_fingerprint", "har
             "ngl", "n_cpu_moe", "type_k", "threads", "watchdog_fired", "path")
 
 
+_NUMERIC = frozenset(("decode_tok_s", "prefill_tok_s", "forecast_decode_tok_s", "ceiling_decode_tok_s", "ctx", "ngl",
+                      "n_cpu_moe", "threads", "watchdog_fired"))
+
+
 def _row(doc: dict, path: Path) -> tuple:
     r = ReceiptDoc.from_json(doc)
     m, pl, model = r.measured, r.plan.placement, r.model
@@ -33,14 +37,20 @@ def _row(doc: dict, path: Path) -> tuple:
 
 
 def _row_of_file(p: Path) -> tuple | None:
-    """Index row of a receipt file; None for a file that is not a receipt (not JSON, not an object, no id)."""
+    """Index row of a receipt file; None for a file that is not a receipt (not JSON, not an object, no id, nested
+    past the parser's depth, a field that is not a plain value): it is skipped, never the reason a command fails."""
     try:
         doc = json.loads(p.read_text())
         if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
             return None
-        return _row(doc, p)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        row = _row(doc, p)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError):
         return None
+    for col, v in zip(_COLUMNS, row):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) if col in _NUMERIC else isinstance(v, str)
+        if v is not None and not ok:
+            return None
+    return row
 
 
 def _pid_alive(pid: int) -> bool:
@@ -63,6 +73,7 @@ class ReceiptStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "index.sqlite"
         self._db: sqlite3.Connection | None = None
+        self.skipped: list[Path] = []  # receipt files that could not be indexed (damaged, hand-made): reported
 
     def db(self) -> sqlite3.Connection:
         if self._db is None:
@@ -118,7 +129,9 @@ class ReceiptStore:
             db.executemany("DELETE FROM receipts WHERE id = ?", [(rid,) for rid in gone])
             for p in sorted(new):
                 row = _row_of_file(p)
-                if row is not None:
+                if row is None:
+                    self.skipped.append(p)
+                else:
                     db.execute(f"INSERT OR REPLACE INTO receipts VALUES ({', '.join('?' * len(_COLUMNS))})", row)
 
     def _clean_tmp(self) -> None:
@@ -169,7 +182,9 @@ class ReceiptStore:
             db.execute("DELETE FROM receipts")
             for p in sorted(self._files().values()):
                 row = _row_of_file(p)
-                if row is not None:
+                if row is None:
+                    self.skipped.append(p)
+                else:
                     db.execute(f"INSERT OR REPLACE INTO receipts VALUES ({', '.join('?' * len(_COLUMNS))})", row)
                     n += 1
         return n
