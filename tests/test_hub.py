@@ -400,7 +400,7 @@ ctx = [512, 100000000]
     gp(e, "batch", jobs, "--dry-run")
     assert hub.bytes_served(path="tiny-llama-q8_0.gguf") < files["tiny-llama-q8_0"].stat().st_size
     hub.reset()
-    rows = json.loads(gp(e, "batch", jobs, "--out", out, "--json").stdout)
+    rows = json.loads(gp(e, "batch", jobs, "--out", out, "--json", rc=16).stdout)  # 2 refused: exit 16
     assert [(r["verdict"], r["outcome"]) for r in rows] == [("ship", "clean_stop"), ("refuse", "refused")] * 2
     # the shipped 512-token jobs downloaded their file once; nothing beyond headers was fetched for refusals
     assert hub.bytes_served(LLAMA, "tiny-llama-q8_0.gguf") >= files["tiny-llama-q8_0"].stat().st_size
