@@ -248,26 +248,28 @@ class Watchdog:
             self._record(again)
             confirmed = decide(self.limits, self.recent)
             if confirmed.kind in ("term", "kill") and not self._settling(confirmed):
-                self.firings.append(Firing(confirmed, self.clock(), time.time(), s, again))
-                if confirmed.rule not in self.envelope.limits_fired:
-                    self.envelope.limits_fired.append(confirmed.rule)
                 self.cpu_s += time.thread_time() - c0
-                self.act(confirmed)
+                self._fire(confirmed, s, again)
                 # after a SIGTERM keep watching at the normal pace for the kill line; after a SIGKILL wait
                 return self.after_kill_wait_s if confirmed.kind == "kill" else min(wait, self.after_kill_wait_s)
-        elif action.kind == "warn" and action.rule not in self._warned:
-            self._warned.add(action.rule)
-            if action.rule not in self.envelope.limits_fired:
-                self.envelope.limits_fired.append(action.rule)
-            if self.on_warn:
-                self.on_warn(action)
+        elif action.kind == "warn":
+            self._warn_once(action, limit=True)
         self.cpu_s += time.thread_time() - c0
         return wait
 
-    def _warn_once(self, action: Action) -> None:
+    def _fire(self, action: Action, sample: Sample | None, reread: Sample | None) -> None:
+        self.firings.append(Firing(action, self.clock(), time.time(), sample, reread))
+        if action.rule not in self.envelope.limits_fired:
+            self.envelope.limits_fired.append(action.rule)
+        self.act(action)
+
+    def _warn_once(self, action: Action, limit: bool = False) -> None:
+        """A warning, once per rule; limit=True: a limit's warning (temperature, power), kept in the envelope."""
         if action.rule in self._warned:
             return
         self._warned.add(action.rule)
+        if limit and action.rule not in self.envelope.limits_fired:
+            self.envelope.limits_fired.append(action.rule)
         if self.on_warn:
             try:
                 self.on_warn(action)
@@ -297,12 +299,9 @@ class Watchdog:
             self._warn_once(Action("warn", "watchdog_error", f"the watchdog cannot read memory ({blind_err});"
                                    f" the server is stopped if this lasts {self.blind_limit_s:g} s"))
         if now - self._blind_since >= self.blind_limit_s and not self.firings:
-            action = Action("term", "watchdog_blind", f"the watchdog could not read memory for"
-                            f" {now - self._blind_since:.1f} s ({blind_err}): stopped rather than run unwatched")
-            self.firings.append(Firing(action, now, time.time(), None, None))
-            if action.rule not in self.envelope.limits_fired:
-                self.envelope.limits_fired.append(action.rule)
-            self.act(action)
+            self._fire(Action("term", "watchdog_blind", f"the watchdog could not read memory for"
+                              f" {now - self._blind_since:.1f} s ({blind_err}): stopped rather than run unwatched"),
+                       None, None)
             return self.after_kill_wait_s
         return wait
 

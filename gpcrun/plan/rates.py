@@ -81,10 +81,10 @@ class HostRates:
         if per_token:  # the big models' time less the per-token and per-layer costs is what their bytes took
             models = doc.get("models") or {}
             c_at, f_at = dict(per_token), dict(fixed)
-            dec = tuple((ty, t, _bytes_rate(d, models.get(ty), c_at.get(t), f_at.get(t)))
-                        for ty, t, _ in dec for d in doc.get("decode") or ()
-                        if d["type"] == ty and int(d["threads"]) == t and d.get("bytes_per_s"))
-            r = replace(r, decode=dec)
+            r = replace(r, decode=tuple(
+                (d["type"], int(d["threads"]), _bytes_rate(d, models.get(d["type"]), c_at.get(int(d["threads"])),
+                                                           f_at.get(int(d["threads"]))))
+                for d in doc.get("decode") or () if d.get("bytes_per_s")))
         cross = [(1 / x["tok_s"] - 1 / f["tok_s"]) / x["crossings"] for x in doc.get("crossing") or ()
                  for f in doc.get("layer_fixed") or () if x.get("tok_s") and f.get("tok_s") and x.get("crossings")
                  and f["threads"] == x["threads"]]

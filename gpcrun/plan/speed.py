@@ -73,17 +73,7 @@ def _read_mix(table: LayoutTable, pl: Placement, n_gpus: int, dev_bytes: int, kv
     """Device `dev`'s bytes read per token split by ggml type (its KV cache included), scaled to dev_bytes: which
     weight types a backend's kernels stream decides their rate. -ot overrides are not followed here (the total
     is the layout's; only the split by type is approximated)."""
-    frac = (table.n_expert_used / table.n_expert) if table.n_expert else 1.0
-    mix: dict[str, float] = {}
-    for t in table.model.tensors:
-        if t.name == "token_embd.weight" and not table.tied_output:
-            continue
-        il = t.layer if t.layer is not None else table.n_layer
-        expert = t.role == "routed_experts" and re.search(EXPS_REGEX, t.name)
-        on = 0 if (expert and t.layer is not None and t.layer < pl.n_cpu_moe) else \
-            _layer_device(il, table.n_layer, pl.ngl, n_gpus, pl.splits)
-        if on == dev:
-            mix[t.type_name] = mix.get(t.type_name, 0.0) + t.n_bytes * (frac if expert else 1.0)
+    mix: dict[str, float] = dict(_type_bytes(table, pl, n_gpus, dev, per_token=True))
     for l in table.kv_layers(pl.type_k, pl.type_v):
         if _kv_device(table, pl, n_gpus, l.layer) == dev:
             fill = min(kv_fill, l.window) if (l.kind == "swa" and l.window) else kv_fill
@@ -247,11 +237,14 @@ def _tensor_device(table: LayoutTable, pl: Placement, n_gpus: int, t) -> int:
 
 
 def _type_bytes(table: LayoutTable, pl: Placement, n_gpus: int, dev: int, active: bool = True,
-                experts_only: bool = False) -> dict[str, int]:
-    """Bytes by ggml type of the weights on device `dev` (routed experts at their active share when active)."""
+                experts_only: bool = False, per_token: bool = False) -> dict[str, int]:
+    """Bytes by ggml type of the weights on device `dev` (routed experts at their active share when active).
+    per_token: what a token reads, so not an untied input embedding (one row is looked up)."""
     frac = (table.n_expert_used / table.n_expert) if table.n_expert else 1.0
     out: dict[str, int] = {}
     for t in table.model.tensors:
+        if per_token and t.name == "token_embd.weight" and not table.tied_output:
+            continue
         expert = bool(t.role == "routed_experts" and re.search(EXPS_REGEX, t.name))
         if (experts_only and not expert) or _tensor_device(table, pl, n_gpus, t) != dev:
             continue
