@@ -37,6 +37,8 @@ class Exit(Enum):
                             " summary; receipts are written)", None)
     UNRESPONSIVE = (17, "llama-server stopped answering after it was ready (stopped or deadlocked) and was stopped",
                     "unresponsive")
+    STORAGE = (18, "gpcrun could not write its own files (disk full, read-only or not permitted): free space or fix"
+                   " the permissions and run again", None)
     INTERRUPTED = (130, "interrupted (SIGINT/SIGTERM) before the work finished; a batch leaves the running job"
                         " pending", "interrupted")
 

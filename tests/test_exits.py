@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
 from pathlib import Path
 
@@ -41,6 +42,12 @@ def test_every_error_class_maps_to_a_member():
     assert exit_code_for(errors_mod.BatchLocked("held")) == 8
     assert exit_code_for(errors_mod.BenchError("bad")) == 15
     assert exit_code_for(ValueError("bug")) == 1
+    import errno
+    import sqlite3
+    assert exit_code_for(OSError(errno.ENOSPC, "No space left on device", "/x/plan.json")) == 18
+    assert exit_code_for(OSError(errno.EROFS, "Read-only file system")) == 18
+    assert exit_code_for(sqlite3.OperationalError("database or disk is full")) == 18
+    assert exit_code_for(OSError(errno.ECONNRESET, "reset")) == 1  # not a storage problem: still a bug
 
 
 def test_non_finite_option_values_are_usage_errors():
@@ -66,3 +73,28 @@ def test_a_negative_context_is_a_usage_error():
     for argv, env in ((["plan", "m.gguf", "--", "-c", "-1"], {}), (["plan", "m.gguf"], {"LLAMA_ARG_CTX_SIZE": "-8"})):
         r = CliRunner().invoke(cli_main, argv, env=env)
         assert r.exit_code == 2 and "expects a context size >= 0" in r.output, r.output
+
+
+def test_a_full_disk_is_exit_18_with_one_line(tmp_path, tiny_models):
+    """GPCRUN_HOME on a full filesystem (a 64 KiB tmpfs, filled): serve and receipt ls end with one line and exit
+    18, not an internal error. Needs mount(2) (root in this sandbox); skipped where it is not allowed."""
+    import subprocess
+    import sys
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    m = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if m.returncode != 0:
+        import pytest
+        pytest.skip(f"cannot mount a small tmpfs here: {m.stderr.strip()[:100]}")
+    try:
+        (mnt / "fill").write_bytes(b"\0" * (64 << 10))
+        env = dict(os.environ, GPCRUN_HOME=str(mnt / "home"), GPCRUN_CALIBRATE="off")
+        for args in (["serve", str(tiny_models["tiny-llama-q8_0"]), "--quiet", "--", "--port", "1", "-t", "1"],
+                     ["receipt", "ls"]):
+            r = subprocess.run([sys.executable, "-m", "gpcrun", *args], env=env, capture_output=True, text=True,
+                               timeout=120)
+            lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+            assert r.returncode == 18 and lines[-1].startswith("gpcrun: error: cannot write"), (args, r.stderr)
+            assert "Traceback" not in r.stderr
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)

@@ -47,6 +47,8 @@ class Home:
             if p.is_file() and any(v.encode() in p.read_bytes() for v in SECRETS.values()):
                 problems.append(f"secret in {p.relative_to(self.dir)}")
         for run in (self.dir / "runs").glob("*") if (self.dir / "runs").exists() else ():
+            if not (run / "run.json").exists() and not (run / "events.jsonl").exists():
+                continue  # nothing started there (a plan that could not be written): nothing to lose
             try:
                 json.loads((run / "run.json").read_text())
             except (OSError, ValueError):
@@ -123,8 +125,9 @@ def wait_state(home: Home, state: str, timeout_s: float = 30) -> bool:
 def rows(work: Path, model: str, server: str) -> list[dict]:
     out = []
 
-    def row(name: str, expect: int, args: list[str], after_start=None, timeout_s: float = 120) -> None:
-        home = Home(work, name.replace(" ", "_").replace("/", "_"))
+    def row(name: str, expect: int, args: list[str], after_start=None, timeout_s: float = 120,
+            root: Path | None = None) -> None:
+        home = Home(root or work, name.replace(" ", "_").replace("/", "_"))
         rc, took, line = gpcrun(home, *args, after_start=after_start, timeout_s=timeout_s)
         out.append({"fault": name, "expected": expect, "got": rc, "seconds": round(took, 2), "last_line": line,
                     "lost": home.lost(), "ok": rc == expect})
@@ -209,6 +212,19 @@ def rows(work: Path, model: str, server: str) -> list[dict]:
     row("job file timeout_s = nan", 7, ["batch", str(nan)], timeout_s=30)
     row("--floor nan", 2, ["plan", model, "--floor", "nan"], timeout_s=30)
     row("-c -1", 2, ["plan", model, "--", "-c", "-1"], timeout_s=30)
+
+    full = work / "full"  # GPCRUN_HOME on a full filesystem: a 64 KiB tmpfs, filled (needs mount(2))
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], capture_output=True)
+    if mounted.returncode == 0:
+        try:
+            (full / "fill").write_bytes(b"\0" * (64 << 10))
+            row("GPCRUN_HOME on a full disk (serve)", 18, ["serve", model, "--quiet", "--", "--port", str(free_port())],
+                root=full)
+        finally:
+            subprocess.run(["umount", str(full)], capture_output=True)
+    else:
+        print("GPCRUN_HOME on a full disk: skipped (cannot mount a tmpfs here)")
 
     home = Home(work, "damaged_receipts")
     rec = home.dir / "receipts"
