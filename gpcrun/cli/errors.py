@@ -36,10 +36,11 @@ def report(err: BaseException) -> int:
     """Print one line (a traceback too with GPCRUN_DEBUG=1) and return the exit code."""
     if os.environ.get("GPCRUN_DEBUG") == "1":
         traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
+    storage = None if isinstance(err, GpcrunError) else storage_problem(err)
     if isinstance(err, GpcrunError):
         print(f"gpcrun: error: {err}", file=sys.stderr)
-    elif storage_problem(err):
-        print(f"gpcrun: error: {storage_problem(err)}", file=sys.stderr)
+    elif storage:
+        print(f"gpcrun: error: {storage}", file=sys.stderr)
     else:
         print(f"gpcrun: internal error: {type(err).__name__}: {err} (GPCRUN_DEBUG=1 shows the traceback)",
               file=sys.stderr)

@@ -172,7 +172,7 @@ def forecast(table: LayoutTable, target: Target, pl: Placement, req: Request,
     gpu_flops = [d.flops for d in target.gpus if d.flops]
     if gpu_flops and pl.ngl > table.n_layer and pl.n_cpu_moe == 0:
         # prefill ceiling: 2 FLOP per active weight per token at the spec-sheet FP16 rate
-        params = _active_params(table)
+        params = sum(_params_by_device(table, pl, n_gpus))
         flops = gpu_flops[0] / (2 * params) if params else None
     if unknown or t_ceiling == 0:
         return Forecast(None, None, None, flops, False, "bandwidth unknown for a device that holds weights",
@@ -262,16 +262,6 @@ def _params_by_device(table: LayoutTable, pl: Placement, n_gpus: int) -> list[fl
         expert = t.role == "routed_experts" and re.search(EXPS_REGEX, t.name)
         out[_tensor_device(table, pl, n_gpus, t)] += t.n_elements * (frac if expert else 1.0)
     return out
-
-
-def _active_params(table: LayoutTable) -> float:
-    frac = (table.n_expert_used / table.n_expert) if table.n_expert else 1.0
-    n = 0.0
-    for t in table.model.tensors:
-        if t.name == "token_embd.weight" and not table.tied_output:
-            continue
-        n += t.n_elements * (frac if t.role == "routed_experts" and re.search(EXPS_REGEX, t.name) else 1.0)
-    return n
 
 
 @dataclass(frozen=True)
