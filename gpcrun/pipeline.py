@@ -45,6 +45,7 @@ class RunConfig:
     max_restarts: int = 3
     limits: object | None = None  # launch.watchdog.Limits (default: from the effective host limit)
     quiet: bool = False  # do not echo llama-server's log
+    log_max_bytes: int | None = None  # server.log's cap (None: launch.logcap.DEFAULT_LOG_MAX_BYTES)
     echo: Callable[[str], None] = field(default=lambda m: print(m, file=sys.stderr, flush=True))
     on_plan: Callable[[object, list], None] | None = None  # shown the plan and its changes before anything starts
     runs_root: Path | None = None
@@ -162,7 +163,8 @@ def _serve(cfg: RunConfig, res: RunResult, binary: str, args: list[str]) -> None
                                        ready_timeout_s=cfg.ready_timeout_s or cfg.timeout_s, grace_s=cfg.grace_s,
                                        liveness_timeout_s=cfg.liveness_timeout_s,
                                        limits=cfg.limits, restart=cfg.restart, max_restarts=cfg.max_restarts,
-                                       quiet=cfg.quiet, echo=cfg.echo))
+                                       quiet=cfg.quiet, echo=cfg.echo,
+                                       **({"log_max_bytes": cfg.log_max_bytes} if cfg.log_max_bytes else {})))
             if cfg.bench is None:  # serve: in this thread, until a signal, a death or the watchdog
                 if cfg.handle_signals:
                     run.install_signal_handlers()

@@ -20,6 +20,9 @@ Modes:
                   that never returns)
   sigill          kills itself with SIGILL
   crash           like ok; --die-after-ms after the first completion or /props it exits 2 with no message
+
+Any mode: --spam-mb N writes N MB of numbered log lines as fast as it can from the start (a burst like -lv 4 under
+load), then "fake: spam done, <lines> lines".
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--leak-after-ms", type=float, default=200)
     p.add_argument("--leak-hold-s", type=float, default=3)
     p.add_argument("--leak-progress", default=None)
+    p.add_argument("--spam-mb", type=float, default=0)
     p.add_argument("--no-warmup", action="store_true", help="like llama-server's: gpcrun then probes /completion")
     args, _ignored = p.parse_known_args(argv)  # llama-server flags and their values
     args.leak_max_mb = min(args.leak_max_mb, 2000)  # never a real memory bomb
@@ -120,6 +124,17 @@ def main(argv: list[str]) -> None:
         say("fake: max lifetime reached")
         os._exit(3)
     threading.Thread(target=lifetime, daemon=True).start()
+
+    if args.spam_mb > 0:
+        def spam() -> None:
+            line = "x" * 109  # 128 bytes a line
+            n = int(args.spam_mb * MIB) // 128
+            out = sys.stdout.buffer
+            for i in range(n):
+                out.write(f"spam {i:012d} {line}\n".encode())
+            out.flush()
+            say(f"fake: spam done, {n} lines")
+        threading.Thread(target=spam, daemon=True).start()
 
     if args.mode == "oom-log":
         say("llama_kv_cache: failed to allocate buffer for kv cache")

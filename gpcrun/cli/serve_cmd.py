@@ -42,6 +42,9 @@ def plan_summary(plan) -> str:
 @click.option("--liveness-timeout", type=FiniteFloat(min=0), default=60.0, show_default=True,
               help="After ready: stop the server (exit 17) when /health gets no answer for this many seconds"
                    " (stopped or deadlocked); 0 turns it off.")
+@click.option("--log-max-mib", type=click.IntRange(min=1), default=128, show_default=True,
+              help="server.log in the run dir never grows past this: the first quarter and the newest output are"
+                   " kept, the middle is left out with a line saying how much.")
 @click.option("--min-host-available", type=click.IntRange(min=0), default=None,
               help="Watchdog: SIGTERM when effective host memory available falls below this many MiB"
                    " (default max(5 %, min(1 GiB, 12.5 %)) of the limit; the plan keeps the same margin).")
@@ -54,7 +57,7 @@ def plan_summary(plan) -> str:
               help="Watchdog: abort when a GPU stays at/above this % of its enforced power limit.")
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
 def serve_cmd(no_plan, force, quiet, server_bin, ctx, kv_type, floor, margin, restart, max_restarts, ready_timeout,
-              grace, liveness_timeout, min_host_available, kill_host_available, min_gpu_free, max_temp, max_power, server_args):
+              grace, liveness_timeout, log_max_mib, min_host_available, kill_host_available, min_gpu_free, max_temp, max_power, server_args):
     """gpcrun serve [OPTIONS] [MODEL] [--] LLAMA_SERVER_ARGS: your llama-server command line, planned first,
     then supervised and watched.
 
@@ -92,7 +95,8 @@ def serve_cmd(no_plan, force, quiet, server_bin, ctx, kv_type, floor, margin, re
                         floor_tok_s=floor, margin_mib=margin, plan=not no_plan, force=force, server_bin=server_bin,
                         ready_timeout_s=ready_timeout, grace_s=grace,
                         liveness_timeout_s=liveness_timeout, restart=restart, max_restarts=max_restarts,
-                        limits=Limits(**{**base.to_json(), **kw}), quiet=quiet, on_plan=on_plan))
+                        limits=Limits(**{**base.to_json(), **kw}), quiet=quiet, on_plan=on_plan,
+                        log_max_bytes=log_max_mib * MIB))
     o = res.outcome
     if o.kind != "refused":
         click.echo(f"gpcrun: {o.kind}: {o.reason} (run dir {res.run_dir})", err=True)

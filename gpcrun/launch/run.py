@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from ..atomic import PRIVATE, open_private, write_json_atomic
+from ..atomic import PRIVATE, write_json_atomic
 from ..exits import Exit
 from ..paths import gpcrun_home
 from ..redact import scrub, secret_values
 from ..server_args import ServerArgs, settings
 from .endpoint import port_taken, url_of
 from .liveness import Liveness
+from .logcap import DEFAULT_LOG_MAX_BYTES, CappedLog, ConsoleEcho
 from .outcome import Outcome, advice_for, classify, fatal_line
 from .signals import on_termination
 from .supervisor import State, Supervisor
@@ -95,6 +96,7 @@ class RunOptions:
     use_nvml: bool = True
     echo: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
     host_reader: Callable | None = None
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES  # server.log: head + rotating tail, never more on disk
 
 
 @dataclass
@@ -125,7 +127,7 @@ class ServerRun:
         self._stop_requested = threading.Event()
         self._stop_reason = ""
         self._watchdog_action: Action | None = None
-        self._tail_stop = threading.Event()
+        self._log: CappedLog | None = None  # server.log, across attempts (closed at the end of the run)
         self.ready_s: float | None = None
         self.ready_event = threading.Event()  # set once a server became ready (run_until_stopped in a thread)
         self._nvml = None
@@ -200,22 +202,13 @@ class ServerRun:
         except OSError as e:
             self.opts.echo(f"gpcrun: warning: cannot write {self.opts.run_dir / name} ({e.strerror or e})")
 
-    def _tail(self, path: Path) -> None:
-        # llama-server's log to the console as it grows (unless --quiet)
-        pos = 0
-        while not self._tail_stop.is_set():
+    def _close_log(self) -> None:
+        if self._log is not None:
             try:
-                with open(path, "rb") as f:
-                    f.seek(pos)
-                    chunk = f.read(_TAIL_CHUNK_BYTES)  # bounded: a burst of output never sits in memory whole
-                    pos += len(chunk)
-            except FileNotFoundError:
-                chunk = b""
-            if chunk:
-                sys.stderr.write(chunk.decode(errors="replace"))
-                sys.stderr.flush()
-            if len(chunk) < _TAIL_CHUNK_BYTES:
-                self._tail_stop.wait(0.2)
+                self._log.close()
+            except OSError as e:
+                self.opts.echo(f"gpcrun: warning: cannot finish {self._log.path} ({e.strerror or e})")
+            self._log = None
 
     def _open_nvml(self) -> None:
         if not self.opts.use_nvml or self._nvml is not None:
@@ -243,34 +236,44 @@ class ServerRun:
     def attempt(self, n: int) -> Outcome:
         o = self.opts
         log = o.run_dir / "server.log"
-        with open_private(log, "ab") as f:
-            f.write(f"\n=== gpcrun attempt {n} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
+        if self._log is None:
+            self._log = CappedLog(log, o.log_max_bytes)
+        self._log.mark()
         self._watchdog_action = None
-        fatal = _FatalScan(log)
+        fatal = _FatalScan()
+        unlisten = [self._log.listen(fatal.feed)]
+        echo = None
+        if not o.quiet:
+            echo = ConsoleEcho()
+            unlisten.append(self._log.listen(echo))
+        self._log.write(f"\n=== gpcrun attempt {n} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
+        try:
+            return self._attempt(n, fatal)
+        finally:
+            for stop in unlisten:
+                stop()
+            if echo is not None:
+                echo.close()
+
+    def _attempt(self, n: int, fatal: "_FatalScan") -> Outcome:
+        o = self.opts
         oom_before = self._oom_kills()
-        self.sup = sup = Supervisor(o.argv, log, o.run_dir / "events.jsonl",
-                                    redact=lambda note: scrub(note, self._secrets))
+        self.sup = sup = Supervisor(o.argv, o.run_dir / "server.log", o.run_dir / "events.jsonl",
+                                    redact=lambda note: scrub(note, self._secrets), sink=self._log)
         self._open_nvml()
         if o.limits is None:
             o.limits = Limits.defaults(self._host_memory().effective_limit_bytes)
         sampler = make_sampler(lambda: sup.pid, self._nvml, self._gpu_static, o.host_reader)
         self.watchdog = wd = Watchdog(o.limits, sampler, self._act, on_warn=lambda a: o.echo(f"gpcrun: warning: {a.message}"),
                                       samples_path=o.run_dir / "samples.jsonl")
-        tail = None
-        if not o.quiet:
-            self._tail_stop.clear()
-            tail = threading.Thread(target=self._tail, args=(log,), daemon=True)
-            tail.start()
         t0 = time.monotonic()
         reuse = ServerArgs.parse(list(o.argv[1:]), os.environ, strict=False).flag("reuse-port")
         if not reuse and port_taken(self.url):  # a foreign process there would be taken for our server
-            self._tail_stop.set()
             return Outcome.of(Exit.LOAD_FAILED, "port_in_use", f"the port is already in use: another process answers"
                               f" at {self.url}; pick another --port (nothing was started)")
         try:
             sup.start()
         except OSError as e:
-            self._tail_stop.set()  # the log tail thread must not outlive a start that failed
             return Outcome("load_failed", 11, "exec", f"could not start {o.argv[0]}: {e.strerror or e}")
         wd.start()
         timeout = o.ready_timeout_s if o.ready_timeout_s is not None else load_timeout_s(o.model_bytes)
@@ -300,11 +303,8 @@ class ServerRun:
         else:
             sup.stop("child exited", o.grace_s)
         wd.stop()
-        self._tail_stop.set()
-        if tail:
-            tail.join(1)
         oom_after = self._oom_kills()
-        tail_text = _read_tail(log)
+        tail_text = self._log.recent_text()
         wa = self._watchdog_action
         out = classify(sup.returncode, phase, tail_text, oom_before, oom_after,
                        wa.rule if wa else None, wa.message if wa else "", user_stop, timed_out)
@@ -343,47 +343,26 @@ class ServerRun:
         outcome = Outcome(outcome.kind, outcome.exit_code, outcome.cause, scrub(outcome.reason, self._secrets))
         result = RunResult(outcome, n, o.run_dir, self.url, self.ready_s, wd.envelope.to_json() if wd else {},
                            wd.cpu_s if wd else 0.0, firing)
+        self._close_log()
         self._write_doc("run.json", result.to_json())
         if self._nvml is not None:
             self._nvml.close()
         return result
 
 
-_TAIL_CHUNK_BYTES = 1 << 20
-
-
 class _FatalScan:
-    """llama-server's new log output (from where this attempt began), read in bounded chunks, searched for an
-    assertion or abort line; the first one found is kept."""
+    """llama-server's live output (this attempt's), searched for an assertion or abort line; the first one found
+    is kept. Fed chunk by chunk from the log pump; a line split between two chunks is still seen."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self.pos = path.stat().st_size
-        except OSError:
-            self.pos = 0
+    def __init__(self) -> None:
         self.carry = ""
         self.line: str | None = None
 
-    def __call__(self) -> str | None:
+    def feed(self, chunk: bytes) -> None:
         if self.line is None:
-            try:
-                with open(self.path, "rb") as f:
-                    f.seek(self.pos)
-                    chunk = f.read(1 << 20)
-            except OSError:
-                return None
-            self.pos += len(chunk)
             text = self.carry + chunk.decode(errors="replace")
             self.line = fatal_line(text)
-            self.carry = text[-4096:]  # a line split between two reads
+            self.carry = text[-4096:]
+
+    def __call__(self) -> str | None:
         return self.line
-
-
-def _read_tail(path: Path, n_bytes: int = 64 * 1024) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - n_bytes))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""

@@ -21,6 +21,7 @@ from typing import Callable
 import requests
 
 from ..atomic import open_private
+from .logcap import CappedLog, Pump
 
 
 class State(enum.Enum):
@@ -83,8 +84,10 @@ class Supervisor:
     def __init__(self, argv: list[str], log_path: Path, events_path: Path | None = None,
                  env: dict | None = None, clock: Callable[[], float] = time.monotonic,
                  on_transition: Callable[[Transition], None] | None = None,
-                 redact: Callable[[str], str] = str) -> None:
-        """redact: applied to each transition's note before it is kept or written (secrets out of events.jsonl)."""
+                 redact: Callable[[str], str] = str, sink: CappedLog | None = None) -> None:
+        """redact: applied to each transition's note before it is kept or written (secrets out of events.jsonl).
+        sink: the child's output goes through a pipe into it (bounded log, live listeners); without one it is
+        appended to log_path directly."""
         self.argv = list(argv)
         self.redact = redact
         self.log_path = Path(log_path)
@@ -100,6 +103,8 @@ class Supervisor:
         self.kill_sent_at: float | None = None
         self._lock = threading.RLock()
         self._log_file = None
+        self.sink = sink
+        self._pump: Pump | None = None
         self._record(None, State.STARTING, "created")
 
     # --------------------------------------------------------------------------------- states
@@ -137,14 +142,24 @@ class Supervisor:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open_private(self.log_path, "ab")
+        read_fd = None
+        if self.sink is not None:
+            read_fd, out = os.pipe()  # both ends close-on-exec; Popen dup2()s `out` onto the child's 1 and 2
+        else:
+            self._log_file = out = open_private(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._log_file,
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True, env=self.env,
                                          preexec_fn=_child_setup(os.getpid()))
         except OSError as e:
+            if read_fd is not None:
+                os.close(read_fd)
+                os.close(out)
             self._to(State.FAILED, f"could not start {self.argv[0]}: {e.strerror or e}")
             raise
+        if read_fd is not None:
+            os.close(out)  # the child holds the only write end: EOF when it (and its group) are gone
+            self._pump = Pump(read_fd, self.sink)
         self._to(State.LOADING, f"pid {self.proc.pid}")
 
     def poll(self) -> int | None:
@@ -266,6 +281,9 @@ class Supervisor:
                 pass
 
     def close(self) -> None:
+        if self._pump is not None:
+            self._pump.join(2.0)  # the last words of the server (EOF once its group is gone)
+            self._pump = None
         if self._log_file:
             self._log_file.close()
             self._log_file = None
