@@ -2,7 +2,24 @@
 str(err) as one line and exits with `err.exit.code` (cli/errors.py)."""
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 from .exits import Exit
+
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
+_SQLITE_STORAGE = ("disk is full", "readonly database", "unable to open database file", "disk i/o error")
+
+
+def storage_problem(err: BaseException) -> str | None:
+    """One line for a write gpcrun's own files could not make (a full or read-only disk), else None. Model files
+    and inputs are read earlier, with their own errors: an OSError of these kinds reaching here is a write."""
+    if isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS:
+        where = f" {err.filename}" if err.filename else ""
+        return f"cannot write{where}: {err.strerror or err}"
+    if isinstance(err, sqlite3.OperationalError) and any(m in str(err).lower() for m in _SQLITE_STORAGE):
+        return f"cannot write a state database: {err}"
+    return None
 
 
 class GpcrunError(Exception):
@@ -90,3 +107,10 @@ class BenchError(GpcrunError):
     """The server answered something the benchmark cannot use (an error status, missing timings, a cached prompt)."""
 
     exit = Exit.BENCH_FAILED
+
+
+class StorageError(GpcrunError):
+    """gpcrun's own files could not be written (disk full, read-only, not permitted), said with what it means for
+    the work (a batch job not counted, to run again on resume)."""
+
+    exit = Exit.STORAGE

@@ -12,7 +12,7 @@ from ..atomic import write_json_atomic, write_text_atomic
 from ..errors import BatchError
 from ..receipt.docs import ReceiptDoc
 from .jobs import Job
-from .state import BatchState
+from .state import read_jobs
 
 
 SUMMARY_COLUMNS = ("job", "model", "config", "verdict", "forecast_tok_s", "prefill_tok_s", "decode_tok_s",
@@ -84,14 +84,10 @@ def collect(dirs: Sequence[Path]) -> list[dict]:
         db = Path(d) / "state.sqlite"
         if not db.exists():
             raise BatchError(f"{d}: no state.sqlite (not a gpcrun batch output directory)")
-        st = BatchState(Path(d))
-        try:
-            for r in st.all():
-                row = summary_row(r)
-                row["job"] = f"{Path(d).name}:{row['job']}" if len(dirs) > 1 else row["job"]
-                rows.append((r["idx"], n, row))
-        finally:
-            st.close()
+        for r in read_jobs(Path(d)):  # read only: a finished batch on a read-only disk reports as well
+            row = summary_row(r)
+            row["job"] = f"{Path(d).name}:{row['job']}" if len(dirs) > 1 else row["job"]
+            rows.append((r["idx"], n, row))
     # the shards of one batch (shard-I-of-N, same N) merge back into the expansion order of the whole batch
     shard_ns = {m.group(1) if (m := re.fullmatch(r"shard-\d+-of-(\d+)", Path(d).resolve().name)) else None
                 for d in dirs}

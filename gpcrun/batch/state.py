@@ -69,13 +69,20 @@ class BatchState:
                  ("done" if ok else "failed", time.time(), receipt, outcome, exit_code,
                   json.dumps(summary, default=str), jid))
 
-    def recover(self, max_attempts: int = 2) -> list[str]:
-        """Jobs left 'running' by a dead gpcrun: back to pending (retried once), or failed after that."""
+    def recover(self, max_attempts: int = 2, storage_failed: Iterable[str] = ()) -> list[str]:
+        """Jobs left 'running' by a dead gpcrun: back to pending (retried once), or failed after that. A job in
+        storage_failed was stopped by a full or read-only disk (OutputLock.previous_storage_failure): pending
+        again, the attempt not counted."""
         notes = []
+        storage_failed = set(storage_failed)
         for r in self.all():
             if r["state"] != "running":
                 continue
-            if r["attempts"] < max_attempts:
+            if r["id"] in storage_failed:
+                self._tx("UPDATE jobs SET state='pending', attempts=max(attempts-1, 0) WHERE id=?", (r["id"],))
+                notes.append(f"job {r['idx']} ({r['label']}) was stopped by a full or read-only disk: it runs again"
+                             " (not counted as an attempt)")
+            elif r["attempts"] < max_attempts:
                 self._tx("UPDATE jobs SET state='pending' WHERE id=?", (r["id"],))
                 notes.append(f"job {r['idx']} ({r['label']}) was running when gpcrun died: retrying once")
             else:
@@ -85,12 +92,47 @@ class BatchState:
         return notes
 
 
+def open_for_reading(out_dir: Path) -> sqlite3.Connection:
+    """OUT/state.sqlite for reading only (`batch report`): nothing is created or changed, and a directory on a
+    read-only filesystem is read as it is (immutable: no -shm can be made there)."""
+    db = Path(out_dir) / "state.sqlite"
+    ro = not os.access(out_dir, os.W_OK)
+    con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro" + ("&immutable=1" if ro else ""), uri=True, timeout=30)
+    try:
+        con.execute("SELECT count(*) FROM jobs").fetchone()
+    except sqlite3.OperationalError:
+        con.close()
+        if ro:
+            raise
+        # a directory this user cannot change (another's batch): the file as it is on disk
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro&immutable=1", uri=True, timeout=30)
+    return con
+
+
+def read_jobs(out_dir: Path) -> list[dict]:
+    con = open_for_reading(out_dir)
+    try:
+        cur = con.execute("SELECT * FROM jobs ORDER BY idx")
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+    finally:
+        con.close()
+
+
+_LOCK_BYTES = 512  # the lock file's size, written once: a note fits in it without new disk blocks
+
+
 class OutputLock:
-    """Exclusive flock on OUT/batch.lock for the life of a batch run (released by the kernel if we die)."""
+    """Exclusive flock on OUT/batch.lock for the life of a batch run (released by the kernel if we die).
+
+    The file holds the pid, and room for one note written in place when a full or read-only disk stopped a job
+    (`note_storage_failure`): rewriting blocks the file already has needs no free space, so the next run can tell
+    that job from one that killed gpcrun (`previous_storage_failure`)."""
 
     def __init__(self, out_dir: Path) -> None:
         self.path = Path(out_dir) / "batch.lock"
         self.fd: int | None = None
+        self.previous_storage_failure: str | None = None  # the job id the last run's note named
 
     def __enter__(self) -> "OutputLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,14 +140,35 @@ class OutputLock:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(self.fd, 64).decode(errors="replace").strip()
+            holder = os.read(self.fd, 64).decode(errors="replace").split("\n")[0].strip()
             os.close(self.fd)
             self.fd = None
             raise BatchLocked(f"{self.path.parent}: another gpcrun batch is using this output directory"
                               + (f" (pid {holder})" if holder else "")) from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, str(os.getpid()).encode())
+        before = os.pread(self.fd, _LOCK_BYTES, 0).decode(errors="replace").split("\n")
+        self.previous_storage_failure = next((ln.split()[1] for ln in before if ln.startswith("storage-failed ")
+                                              and len(ln.split()) == 2), None)
+        self._write(f"{os.getpid()}\n")
         return self
+
+    def _write(self, text: str) -> None:
+        data = text.encode()[:_LOCK_BYTES].ljust(_LOCK_BYTES, b" ")
+        os.pwrite(self.fd, data, 0)
+        os.fsync(self.fd)
+
+    def note_storage_failure(self, job_id: str) -> bool:
+        """Best effort: True when the note is on disk."""
+        try:
+            self._write(f"{os.getpid()}\nstorage-failed {job_id}\n")
+            return True
+        except OSError:
+            return False
+
+    def clear_note(self) -> None:
+        try:
+            self._write(f"{os.getpid()}\n")
+        except OSError:
+            pass
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:

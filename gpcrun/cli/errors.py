@@ -1,29 +1,12 @@
 """Errors to one line and an exit code. The codes live once, in gpcrun/exits.py (README.md "Exit codes")."""
 from __future__ import annotations
 
-import errno
 import os
-import sqlite3
 import sys
 import traceback
 
-from ..errors import GpcrunError
+from ..errors import GpcrunError, storage_problem
 from ..exits import Exit
-
-
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
-_SQLITE_STORAGE = ("disk is full", "readonly database", "unable to open database file", "disk i/o error")
-
-
-def storage_problem(err: BaseException) -> str | None:
-    """One line for a write gpcrun's own files could not make (a full or read-only disk), else None. Model files
-    and inputs are read earlier, with their own errors: an OSError of these kinds reaching the CLI is a write."""
-    if isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS:
-        where = f" {err.filename}" if err.filename else ""
-        return f"cannot write{where}: {err.strerror or err}"
-    if isinstance(err, sqlite3.OperationalError) and any(m in str(err).lower() for m in _SQLITE_STORAGE):
-        return f"cannot write a state database: {err}"
-    return None
 
 
 def exit_code_for(err: BaseException) -> int:
