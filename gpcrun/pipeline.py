@@ -8,6 +8,7 @@ fails: those are outcomes (gpcrun/exits.py). Bad input (no such model, bad argum
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -100,8 +101,7 @@ def _model_ref(cfg: RunConfig, sa) -> tuple[str | None, bool]:
 
 def run(cfg: RunConfig) -> RunResult:
     from .launch.binary import find_tool
-    from .launch.run import new_run_dir
-    from .planning import build_request, plan_with_document, resolve_model, server_args
+    from .planning import resolve_model, server_args
     env = os.environ if cfg.env is None else cfg.env
     binary = find_tool("llama-server", cfg.server_bin)
     if cfg.plan:
@@ -110,12 +110,37 @@ def run(cfg: RunConfig) -> RunResult:
         from .server_args import ServerArgs
         sa = ServerArgs.parse(list(cfg.server_args), env, strict=False)
     ref, user_model = _model_ref(cfg, sa)
-    model = resolve_model(ref) if ref is not None else None
-    res = RunResult(Outcome.of(Exit.OK, None, "not started"), model)
+    t_start = time.monotonic()  # a job's timeout_s covers all of it: header, calibration, download, load, bench
+    res = RunResult(Outcome.of(Exit.OK, None, "not started"))
     profile = None
-    if cfg.write_receipt:
-        from .hardware.profile import get_profile
-        profile = get_profile().to_json()
+    phase = ["reading the model's header"]
+    try:
+        with _deadline(cfg.timeout_s):
+            res.model = resolve_model(ref) if ref is not None else None
+            if cfg.write_receipt:
+                phase[0] = "measuring this machine"
+                from .hardware.profile import get_profile
+                profile = get_profile().to_json()
+            phase[0] = "planning"
+            args = _prepare(cfg, res, sa, env, user_model, phase)
+    except _Deadline:
+        res.outcome = Outcome.of(Exit.TIMEOUT, "job_timeout", f"the job exceeded its {cfg.timeout_s:g} s limit while"
+                                                               f" {phase[0]}")
+        return _finish(cfg, res, profile, env)
+    if args is None:  # refused
+        return _finish(cfg, res, profile, env)
+    if cfg.bench is not None and "--metrics" not in args:
+        args.append("--metrics")
+    _serve(cfg, res, str(binary), args, t_start)
+    return _finish(cfg, res, profile, env)
+
+
+def _prepare(cfg: RunConfig, res: RunResult, sa, env, user_model: bool, phase: list) -> list[str] | None:
+    """Plan (or not), the run directory, the hub download when the plan ships: llama-server's arguments, or None
+    when the plan refused (res.outcome says so)."""
+    from .launch.run import new_run_dir
+    from .planning import build_request, plan_with_document
+    model = res.model
     res.run_dir = run_dir = new_run_dir(cfg.runs_root)
     if cfg.plan:
         slots = cfg.parallel
@@ -135,24 +160,46 @@ def run(cfg: RunConfig) -> RunResult:
         if plan.verdict != "ship" and not cfg.force:
             res.argv = list(plan.argv)
             res.outcome = Outcome.of(Exit.REFUSED, "plan", "; ".join(plan.reasons))
-            return _finish(cfg, res, profile, env)
+            return None
         args = list(plan.argv) if plan.argv else [*([] if user_model else ["-m", model.ref]), *sa.argv()]
     else:
         args = ["-m", model.ref, *cfg.server_args] if cfg.model else list(cfg.server_args)
     if model is not None and model.is_hub and not user_model:  # the plan ships: only now fetch the weights
+        phase[0] = "downloading the model"
         args[args.index("-m") + 1] = model.local_path()
-    if cfg.bench is not None and "--metrics" not in args:
-        args.append("--metrics")
-    _serve(cfg, res, str(binary), args)
-    return _finish(cfg, res, profile, env)
+    return args
 
 
-def _serve(cfg: RunConfig, res: RunResult, binary: str, args: list[str]) -> None:
+class _Deadline(BaseException):
+    """A job's timeout_s ran out before llama-server started (a BaseException: no `except Exception` on the way
+    swallows it)."""
+
+
+@contextlib.contextmanager
+def _deadline(timeout_s: float | None):
+    """SIGALRM after timeout_s, raised as _Deadline where the main thread is (a blocking read, llama-bench under
+    subprocess.run, which kills it on the way out). Main thread only (batch runs its jobs there); elsewhere, and
+    without a timeout, nothing is armed."""
+    if not timeout_s or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def fire(signum, frame):
+        raise _Deadline()
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, max(timeout_s, 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _serve(cfg: RunConfig, res: RunResult, binary: str, args: list[str], t_start: float) -> None:
     from .launch.run import RunOptions, ServerRun, free_port, server_argv, url_of
     from .server_args import ServerArgs
     has_port = ServerArgs.parse(args, cfg.env or os.environ, strict=False).is_set("port")
     current: dict = {}
-    t_start = time.monotonic()
     try:
         for port_try in (1, 2):
             res.argv = argv = server_argv(binary, args, port=None if has_port or not cfg.auto_port else free_port())
@@ -160,7 +207,8 @@ def _serve(cfg: RunConfig, res: RunResult, binary: str, args: list[str]) -> None
                 _say_listen_changes(cfg, argv[1 + len(args):], has_port)
             size = res.model.info.file_size_bytes if res.model is not None else None
             run = ServerRun(RunOptions(argv=argv, run_dir=res.run_dir, model_bytes=size,
-                                       ready_timeout_s=cfg.ready_timeout_s or cfg.timeout_s, grace_s=cfg.grace_s,
+                                       ready_timeout_s=cfg.ready_timeout_s or _left(cfg, t_start),
+                                       grace_s=cfg.grace_s,
                                        liveness_timeout_s=cfg.liveness_timeout_s,
                                        limits=cfg.limits, restart=cfg.restart, max_restarts=cfg.max_restarts,
                                        quiet=cfg.quiet, echo=cfg.echo,
@@ -196,6 +244,11 @@ def _serve(cfg: RunConfig, res: RunResult, binary: str, args: list[str]) -> None
             current["run"].request_stop("interrupted")
             current["th"].join(30)
         raise
+
+
+def _left(cfg: RunConfig, t_start: float) -> float | None:
+    """What a job's timeout_s leaves for loading (planning and a download came out of it)."""
+    return None if not cfg.timeout_s else max(0.001, cfg.timeout_s - (time.monotonic() - t_start))
 
 
 def _say_listen_changes(cfg: RunConfig, added: list[str], has_port: bool) -> None:
@@ -264,6 +317,12 @@ def _finish(cfg: RunConfig, res: RunResult, profile: dict | None, env: Mapping[s
         return res
     from .receipt import ReceiptStore, build_receipt, compare_with_forecast
     plan_doc = res.plan_doc
+    if res.measured is not None and res.model is not None:
+        from .planning import served_model_check
+        check = res.measured["model_check"] = served_model_check(res.model, (res.measured.get("server") or {})
+                                                                 .get("model_path"))
+        if check["same"] is False:
+            cfg.echo(f"gpcrun: warning: {check['reason']}")
     if res.measured is not None:
         res.measured.update(compare_with_forecast(plan_doc, res.measured["decode_tok_s"]["mean"], cfg.floor_tok_s))
     build = ((res.measured or {}).get("server") or {}).get("build_info")
