@@ -55,6 +55,24 @@ def resolve_model(ref: str) -> ResolvedModel:
     return ResolvedModel(ref, load_model(ref), None)
 
 
+def served_model_check(planned: ResolvedModel, served_path: str | None) -> dict:
+    """Is the model llama-server reports (/props model_path) the one gpcrun planned? Compared by header fingerprint,
+    so a copy or a link of the same file is the same model, and a pass-through -m, a wrapper --server-bin or a file
+    replaced between plan and load is not. same: True / False / None (unknown, with the reason)."""
+    from .errors import GpcrunError
+    from .model import header_sha256, load_model
+    if not served_path:
+        return {"served_path": None, "same": None, "reason": "llama-server did not report model_path in /props"}
+    try:
+        got = header_sha256(load_model(served_path))
+    except (GpcrunError, OSError) as e:
+        return {"served_path": served_path, "same": None, "reason": f"cannot read the served model's header: {e}"}
+    same = got == header_sha256(planned.info)
+    return {"served_path": served_path, "same": same, "served_header_sha256": got,
+            "reason": "same header as the planned model" if same else
+            f"llama-server served {served_path}, not the planned {planned.file_name}: this receipt calibrates nothing"}
+
+
 def server_args(argv: Sequence[str], env: Mapping[str, str] | None = None, binary: str | None = None):
     """ServerArgs for llama-server's arguments and the LLAMA_* environment, with the grammar of `binary`."""
     from .server_args import ServerArgs, grammar_for

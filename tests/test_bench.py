@@ -96,9 +96,29 @@ def test_bench_end_to_end(home, request, which):
     assert doc["envelope"]["samples"] >= 1 and doc["envelope"]["limits_fired"] == []
     assert "-t" in doc["command"]["argv"] and "--metrics" in doc["command"]["argv"]
     assert f"decode {m['decode_tok_s']['mean']:.1f}" in r.stdout
+    assert m["model_check"]["same"] is True and m["model_check"]["served_header_sha256"] == doc["model"]["header_sha256"]
     # it is in the index
     rows = R.ReceiptStore(home / "receipts").query(model=Path(model).name)
     assert doc["id"] in [x["id"] for x in rows]
+
+
+def test_a_server_that_loads_another_model_is_caught(home, tiny, tiny_models, llama_server_bin, tmp_path):
+    """A wrapper --server-bin swaps the model (like a pass-through -m would): /props names another file, its
+    header differs, the receipt says so and is indexed as model_mismatch, which calibrates nothing."""
+    other = tiny_models["tiny-llama-f16"]
+    wrapper = tmp_path / "swapping-server"
+    wrapper.write_text(f"#!/bin/sh\nfor a; do shift; [ \"$a\" = \"{tiny}\" ] && a=\"{other}\"; set -- \"$@\" \"$a\"; done\n"
+                       f"exec {llama_server_bin} \"$@\"\n")
+    wrapper.chmod(0o755)
+    r = gpcrun(home, "bench", str(tiny), "--server-bin", str(wrapper), "-p", "16", "-n", "4", "-r", "1", "--", *THREADS)
+    assert r.returncode == 0, r.stderr
+    _, doc = receipt_of(r)
+    check = doc["measured"]["model_check"]
+    assert check["same"] is False and check["served_path"] == str(other)
+    assert f"served {other}, not the planned {tiny.name}" in r.stderr
+    row = [x for x in R.ReceiptStore(home / "receipts").query() if x["id"] == doc["id"]][0]
+    assert row["outcome"] == "model_mismatch"
+    assert R.calibrate([row], row["model_fingerprint"], row["hardware_fingerprint"], row["architecture"]) is None
 
 
 def test_bench_url_attaches(home, tiny, llama_server_bin, tmp_path):

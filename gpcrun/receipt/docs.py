@@ -119,12 +119,13 @@ class MeasuredDoc:
     prediction_error_pct: float | None = None
     ttft_p50_ms: float | None = None
     itl_p50_ms: float | None = None
+    model_same: bool | None = None  # the served model is the planned one (model_check.same); None: unknown/old
 
     @classmethod
     def from_json(cls, d: Mapping) -> "MeasuredDoc":
         return cls(StatsDoc.from_json(_obj(d, "decode_tok_s")), StatsDoc.from_json(_obj(d, "prefill_tok_s")),
                    d.get("forecast_decode_tok_s"), d.get("ceiling_decode_tok_s"), d.get("prediction_error_pct"),
-                   _obj(d, "ttft_ms").get("p50"), _obj(d, "itl_ms").get("p50"))
+                   _obj(d, "ttft_ms").get("p50"), _obj(d, "itl_ms").get("p50"), _obj(d, "model_check").get("same"))
 
 
 @dataclass(frozen=True)

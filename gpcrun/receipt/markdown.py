@@ -26,6 +26,8 @@ def to_markdown(doc: dict) -> str:
         "| | |",
         "|---|---|",
         f"| model | `{model.file_name}` ({model.architecture}, {_fmt((model.size_bytes or 0) / 2**30)} GiB) |",
+        *([f"| **served model** | not the planned one: {doc['measured']['model_check'].get('reason')} |"]
+          if m.model_same is False else []),
         f"| llama.cpp | {r.llama_cpp_build_info} |",
         f"| hardware | {r.hardware.cpu_model} x{r.hardware.cores_logical}; GPUs: {gpu_txt} |",
         f"| placement | ctx {pl.ctx}, -ngl {pl.ngl}, --n-cpu-moe {pl.n_cpu_moe}, KV {pl.type_k} |",

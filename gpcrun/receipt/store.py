@@ -30,8 +30,10 @@ _NUMERIC = frozenset(("decode_tok_s", "prefill_tok_s", "forecast_decode_tok_s", 
 def _row(doc: dict, path: Path) -> tuple:
     r = ReceiptDoc.from_json(doc)
     m, pl, model = r.measured, r.plan.placement, r.model
+    # a run whose server served another model than the planned one is indexed as such: it calibrates nothing
+    outcome = "model_mismatch" if m.model_same is False else r.outcome.kind
     return (r.id, r.created_utc, r.kind, model.file_name, model.header_sha256, r.hardware_fingerprint,
-            model.architecture, r.outcome.kind, m.decode_tok_s.mean, m.prefill_tok_s.mean, m.forecast_decode_tok_s,
+            model.architecture, outcome, m.decode_tok_s.mean, m.prefill_tok_s.mean, m.forecast_decode_tok_s,
             m.ceiling_decode_tok_s, pl.ctx, pl.ngl, pl.n_cpu_moe, pl.type_k, argv_threads(r.argv),
             int(r.envelope.watchdog_fired), str(path))
 
