@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 import click
@@ -11,9 +12,32 @@ from ..exits import Exit
 from .errors import report
 
 
+class _Interrupted(KeyboardInterrupt):
+    pass
+
+
+def _interrupt(signum, frame):
+    raise _Interrupted(signal.Signals(signum).name)
+
+
 class _Group(click.Group):
     def main(self, *args, **kwargs):  # every command: one-line errors and table-driven exit codes
         kwargs.setdefault("standalone_mode", True)
+        # a termination signal before a command installs its own handling (serve, bench, batch stop their server
+        # cleanly) ends gpcrun like Ctrl-C: exit 130 with one line, temp files removed, never a silent death
+        from ..launch.signals import TERMINATION_SIGNALS, on_termination
+        try:
+            before = {s: signal.getsignal(s) for s in TERMINATION_SIGNALS}
+            on_termination(_interrupt)
+        except ValueError:  # not the main thread (an embedding caller): its signals stay its own
+            before = {}
+        try:
+            return self._main(*args, **kwargs)
+        finally:
+            for s, h in before.items():
+                signal.signal(s, h)
+
+    def _main(self, *args, **kwargs):
         try:
             return super().main(*args, standalone_mode=False, **{k: v for k, v in kwargs.items()
                                                                  if k != "standalone_mode"})
@@ -22,10 +46,14 @@ class _Group(click.Group):
         except click.ClickException as e:
             e.show()
             sys.exit(e.exit_code)
-        except click.exceptions.Abort:
-            print("gpcrun: aborted", file=sys.stderr)
+        except click.exceptions.Abort as e:  # click's own wrapping of a KeyboardInterrupt
+            cause = e.__cause__
+            print(f"gpcrun: interrupted by {cause}" if isinstance(cause, _Interrupted) else "gpcrun: aborted",
+                  file=sys.stderr)
             sys.exit(Exit.INTERRUPTED.code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            if isinstance(e, _Interrupted):
+                print(f"gpcrun: interrupted by {e}", file=sys.stderr)
             sys.exit(Exit.INTERRUPTED.code)
         except Exception as e:  # noqa: BLE001 - mapped to a documented exit code
             sys.exit(report(e))
