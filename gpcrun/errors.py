@@ -88,6 +88,12 @@ class BatchError(GpcrunError):
     exit = Exit.BATCH_FILE
 
 
+class BatchOutputUnsafe(BatchError):
+    """Symbolic links planted where a batch writes in its output directory."""
+
+    exit = Exit.BATCH_LOCKED
+
+
 class BatchLocked(BatchError):
     exit = Exit.BATCH_LOCKED
 

@@ -19,7 +19,8 @@ class Exit(Enum):
     NO_BINARY = (5, "llama-server (or another llama.cpp tool) not found", None)
     RECEIPT = (6, "a receipt file is missing, not JSON, or does not match the schema", None)
     BATCH_FILE = (7, "a batch job file that cannot be used (not TOML, unknown keys, bad values)", None)
-    BATCH_LOCKED = (8, "another gpcrun batch holds this output directory", None)
+    BATCH_LOCKED = (8, "another gpcrun batch holds this output directory (or it holds symbolic links planted where the"
+                       " batch writes)", None)
     HUB = (9, "a hub ref that can't be resolved or read (no such repo/revision/file/quant; offline with nothing"
               " cached)", None)
     REFUSED = (10, "plan refused: it does not fit, or its forecast is below `--floor`", "refused")
@@ -39,8 +40,8 @@ class Exit(Enum):
                     "unresponsive")
     STORAGE = (18, "gpcrun could not write its own files (disk full, read-only or not permitted): free space or fix"
                    " the permissions and run again", None)
-    INTERRUPTED = (130, "interrupted (SIGINT/SIGTERM) before the work finished; a batch leaves the running job"
-                        " pending", "interrupted")
+    INTERRUPTED = (130, "interrupted (SIGINT, SIGTERM or another termination signal) before the work finished; a"
+                        " batch leaves the running job pending", "interrupted")
 
     def __init__(self, code: int, meaning: str, kind: str | None) -> None:
         self.code = code

@@ -146,3 +146,33 @@ def test_report_reads_a_result_directory_on_a_read_only_filesystem(tmp_path):
         assert sorted(p.name for p in ro.iterdir()) == before
     finally:
         subprocess.run(["umount", str(ro)], capture_output=True)
+
+
+@pytest.mark.parametrize("name", ["batch.lock", "state.sqlite", "state.sqlite-wal", "runs", "receipts"])
+def test_links_planted_in_the_output_directory_are_refused(tmp_path, name):
+    """Whoever can write the output directory must not make the batch user write through a link: the lock file,
+    SQLite's files and the run/receipt directories are refused as links (exit 8), the victim untouched."""
+    from gpcrun.errors import BatchOutputUnsafe
+    victim = tmp_path / "victim"
+    victim.mkdir() if name in ("runs", "receipts") else victim.write_bytes(b"precious\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).symlink_to(victim)
+    ran = []
+    with pytest.raises(BatchOutputUnsafe) as e:
+        BatchRunner(_jobs(tmp_path), out, lambda j, o: ran.append(j) or _ok(j, o), echo=lambda m: None).run()
+    assert e.value.exit.code == 8 and f"{name} is a symbolic link" in str(e.value)
+    assert not ran
+    assert (list(victim.iterdir()) == []) if victim.is_dir() else victim.read_bytes() == b"precious\n"
+
+
+def test_planted_summary_links_are_replaced_not_followed(tmp_path):
+    victim = tmp_path / "victim.csv"
+    victim.write_text("precious\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    for n in ("summary.csv", ".summary.csv.tmp", "summary.json"):
+        (out / n).symlink_to(victim)
+    BatchRunner(_jobs(tmp_path), out, _ok, echo=lambda m: None).run()
+    assert victim.read_text() == "precious\n"
+    assert not (out / "summary.csv").is_symlink() and "clean_stop" in (out / "summary.csv").read_text()

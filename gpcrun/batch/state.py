@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..exits import Exit
-from ..errors import BatchLocked
+from ..errors import BatchLocked, BatchOutputUnsafe
 from .jobs import Job
 
 
@@ -119,6 +119,20 @@ def read_jobs(out_dir: Path) -> list[dict]:
         con.close()
 
 
+# what a batch opens by name in its output directory; a symbolic link there would make the batch user write through
+# it (SQLite and mkdir follow links): whoever could plant it could overwrite any file of that user
+_OWN_NAMES = ("batch.lock", "state.sqlite", "state.sqlite-wal", "state.sqlite-shm", "state.sqlite-journal", "runs",
+              "receipts")
+
+
+def refuse_planted_links(out_dir: Path) -> None:
+    links = [n for n in _OWN_NAMES if (Path(out_dir) / n).is_symlink()]
+    if links:
+        what = "is a symbolic link" if len(links) == 1 else "are symbolic links"
+        raise BatchOutputUnsafe(f"{out_dir}: {', '.join(links)} {what}; a batch never writes through links in its output"
+                         " directory (remove them, or use another --out)")
+
+
 _LOCK_BYTES = 512  # the lock file's size, written once: a note fits in it without new disk blocks
 
 
@@ -136,7 +150,8 @@ class OutputLock:
 
     def __enter__(self) -> "OutputLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        refuse_planted_links(self.path.parent)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
