@@ -176,3 +176,19 @@ def test_planted_summary_links_are_replaced_not_followed(tmp_path):
     BatchRunner(_jobs(tmp_path), out, _ok, echo=lambda m: None).run()
     assert victim.read_text() == "precious\n"
     assert not (out / "summary.csv").is_symlink() and "clean_stop" in (out / "summary.csv").read_text()
+
+
+def test_a_job_files_secrets_stay_out_of_the_state_summaries_and_console(tmp_path):
+    """server_args with --api-key (and a key=value URL credential): the job file is the one place the values
+    live; state.sqlite, the summaries and the console show <redacted>."""
+    jobs = parse_jobs("[batch]\nserver_args = ['--api-key', 'sk-planted-0042', '--hf-token', 'hf_PlantedToken999']\n"
+                      "[[models]]\npath = 'a.gguf'\n", tmp_path)[1]
+    out = tmp_path / "out"
+    said = []
+    BatchRunner(jobs, out, _ok, echo=said.append).run()
+    for p in out.rglob("*"):
+        if p.is_file():
+            data = p.read_bytes()
+            assert b"sk-planted-0042" not in data and b"hf_PlantedToken999" not in data, p
+    assert not [s for s in said if "sk-planted" in s or "hf_Planted" in s]
+    assert "--api-key <redacted>" in (out / "summary.csv").read_text()

@@ -34,8 +34,15 @@ class Job:
     label: str
     settings: Mapping[str, Any]
 
+    def public_settings(self) -> dict:
+        """The settings with secrets in server_args redacted (--api-key VALUE ...): what state.sqlite, the summaries
+        and the console get; the job file stays the one source of the real values."""
+        from ..redact import redact_argv, scrub, secret_values
+        args = list(self.settings.get("server_args") or [])
+        return scrub(dict(self.settings, server_args=redact_argv(args)), secret_values(args, {}))
+
     def describe(self) -> str:
-        s = self.settings
+        s = self.public_settings()
         parts = []
         if s.get("ctx"):
             parts.append(f"ctx {s['ctx']}")

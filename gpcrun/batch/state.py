@@ -44,7 +44,7 @@ class BatchState:
     def sync(self, jobs: Iterable[Job]) -> None:
         for j in jobs:
             self._tx("INSERT OR IGNORE INTO jobs (id, idx, model, label, settings, state) VALUES (?,?,?,?,?,?)",
-                     (j.id, j.index, j.model, j.label, json.dumps(j.settings, sort_keys=True), "pending"))
+                     (j.id, j.index, j.model, j.label, json.dumps(j.public_settings(), sort_keys=True), "pending"))
 
     def get(self, jid: str) -> dict | None:
         cur = self.db.execute("SELECT * FROM jobs WHERE id = ?", (jid,))
