@@ -6,6 +6,8 @@ import os
 import re
 from pathlib import Path
 
+import pytest
+
 import gpcrun.errors as errors_mod
 from gpcrun.cli.errors import exit_code_for
 from gpcrun.errors import GpcrunError
@@ -75,19 +77,29 @@ def test_a_negative_context_is_a_usage_error():
         assert r.exit_code == 2 and "expects a context size >= 0" in r.output, r.output
 
 
-def test_a_full_disk_is_exit_18_with_one_line(tmp_path, tiny_models):
-    """GPCRUN_HOME on a full filesystem (a 64 KiB tmpfs, filled): serve and receipt ls end with one line and exit
-    18, not an internal error. Needs mount(2) (root in this sandbox); skipped where it is not allowed."""
+@pytest.mark.parametrize("disk", ["full", "read-only"])
+def test_a_full_or_read_only_disk_is_exit_18_with_one_line(tmp_path, tiny_models, disk):
+    """GPCRUN_HOME on a full filesystem (a 64 KiB tmpfs, filled) or a read-only one (a read-only bind mount): serve
+    and receipt ls end with one line and exit 18, not an internal error. Needs mount(2) (root in this sandbox);
+    skipped where it is not allowed."""
     import subprocess
     import sys
     mnt = tmp_path / "full"
     mnt.mkdir()
-    m = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if disk == "full":
+        m = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True,
+                           text=True)
+    else:
+        (mnt / "home").mkdir()
+        m = subprocess.run(["mount", "--bind", str(mnt), str(mnt)], capture_output=True, text=True)
+        if m.returncode == 0:
+            m = subprocess.run(["mount", "-o", "remount,bind,ro", str(mnt)], capture_output=True, text=True)
     if m.returncode != 0:
-        import pytest
-        pytest.skip(f"cannot mount a small tmpfs here: {m.stderr.strip()[:100]}")
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+        pytest.skip(f"cannot mount a {disk} filesystem here: {m.stderr.strip()[:100]}")
     try:
-        (mnt / "fill").write_bytes(b"\0" * (64 << 10))
+        if disk == "full":
+            (mnt / "fill").write_bytes(b"\0" * (64 << 10))
         env = dict(os.environ, GPCRUN_HOME=str(mnt / "home"), GPCRUN_CALIBRATE="off")
         for args in (["serve", str(tiny_models["tiny-llama-q8_0"]), "--quiet", "--", "--port", "1", "-t", "1"],
                      ["receipt", "ls"]):
