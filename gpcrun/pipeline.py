@@ -285,6 +285,7 @@ def _bench_and_stop(cfg: RunConfig, res: RunResult, run, th, box: dict, clients:
         if cfg.timeout_s:  # the job's time limit covers the bench too: what the load left of it
             left = max(0.0, cfg.timeout_s - (time.monotonic() - t_start))
             timer = threading.Timer(left, lambda: run.request_stop("job timeout"))
+            timer.daemon = True  # an interrupt (batch: SIGTERM) must not leave gpcrun waiting for it to expire
             timer.start()
         try:
             key = settings.api_key(ServerArgs.parse(res.argv[1:], cfg.env or os.environ, strict=False))
@@ -296,6 +297,10 @@ def _bench_and_stop(cfg: RunConfig, res: RunResult, run, th, box: dict, clients:
                 client.s.close()  # an idle keep-alive connection would hold a stopping server up
         except Exception as e:  # noqa: BLE001 - recorded in the outcome and the receipt
             bench_error = str(e) if isinstance(e, (OSError, ValueError)) else f"{type(e).__name__}: {e}"
+        except BaseException:
+            if timer:
+                timer.cancel()
+            raise
     timed_out = timer is not None and not timer.is_alive() and run._stop_reason == "job timeout"
     if timer:
         timer.cancel()

@@ -63,3 +63,35 @@ def test_a_hanging_planner_is_cut_off_in_process(tmp_path, monkeypatch):
     assert res.outcome.kind == "timeout" and res.outcome.exit_code == Exit.TIMEOUT.code
     assert res.outcome.reason.endswith("while planning")
     assert res.receipt_path is not None and res.receipt_path.exists()
+
+
+def test_sigterm_during_a_batch_benchmark_ends_at_once(tmp_path, tiny_models, llama_server_bin):
+    """SIGTERM 0.5 s into a job's benchmark (a scheduler's time limit): gpcrun ends within seconds, exit 130, the
+    job pending with its retry unspent. It used to wait out the job's timeout_s timer (60 s) before exiting."""
+    import signal
+    import sqlite3
+    jobs = tmp_path / "jobs.toml"
+    jobs.write_text("[batch]\nprompt_tokens = 16\ngen_tokens = 256\nrepetitions = 50\ntimeout_s = 120\n"
+                    "server_args = ['-t', '1', '-tb', '1']\n"
+                    f"[[models]]\npath = '{tiny_models['tiny-llama-q8_0']}'\n")
+    out = tmp_path / "out"
+    env = dict(os.environ, GPCRUN_HOME=str(tmp_path / "home"), GPCRUN_CALIBRATE="off",
+               GPCRUN_LLAMA_SERVER=str(llama_server_bin))
+    p = subprocess.Popen([sys.executable, "-m", "gpcrun", "batch", str(jobs), "--out", str(out)], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and p.poll() is None:
+        if any('"ready"' in e.read_text() for e in out.glob("runs/*/events.jsonl")):
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    err = p.communicate(timeout=90)[1]
+    took = time.monotonic() - t0
+    assert p.returncode == Exit.INTERRUPTED.code, err
+    assert took < 15, f"{took:.1f} s from SIGTERM to exit"
+    assert "gpcrun: interrupted by SIGTERM" in err
+    con = sqlite3.connect(out / "state.sqlite")
+    assert con.execute("SELECT state, attempts FROM jobs").fetchall() == [("pending", 0)]
+    con.close()

@@ -80,10 +80,8 @@ def batch_cmd(args, out_dir, dry_run, shard, as_json, markdown, max_jobs):
 
     banner = (f"gpcrun batch: {len(mine)} job(s)" + (f" (shard {sh[0]}/{sh[1]} of {len(jobs)})" if sh else "")
               + f" -> {out}")
-    from ..launch.signals import on_termination
-    # SIGTERM (scancel, a scheduler's time limit), SIGHUP (a closed terminal) ... stop like Ctrl-C: the running job
-    # is stopped, reaped and left pending for the next run (exit 130)
-    on_termination(_raise_interrupt)
+    # SIGTERM (scancel, a scheduler's time limit), SIGHUP (a closed terminal) ... stop like Ctrl-C (the command
+    # group's handler, cli/main.py): the running job is stopped, reaped and left pending for the next run (exit 130)
     rows = BatchRunner(mine, out, run_job, banner=banner).run()
     _print(rows, as_json, markdown, render_table, render_markdown)
     click.echo(f"gpcrun batch: summary written to {out}/summary.{{csv,json,md}}", err=True)
@@ -93,10 +91,6 @@ def batch_cmd(args, out_dir, dry_run, shard, as_json, markdown, max_jobs):
         click.echo(f"gpcrun batch: {len(bad)} of {len(rows)} job(s) did not succeed"
                    f" ({', '.join(sorted({str(r.get('outcome')) for r in bad}))})", err=True)
         sys.exit(Exit.BATCH_INCOMPLETE.code)
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def _print(rows, as_json, markdown, render_table, render_markdown):
