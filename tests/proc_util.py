@@ -39,29 +39,62 @@ def assert_none_survive(pids, grace_s: float = 2.0) -> None:
 def limited_child_cgroup(limit_bytes: int, name: str) -> tuple[str, int]:
     """A child of this process's memory cgroup with a limit: (path, cgroup version). Skips, saying why, where
     that cannot be done (not root, no memory controller, cgroup2 without it delegated to children)."""
+    made = make_child_cgroup(limit_bytes, name)
+    if isinstance(made, str):
+        pytest.skip(made)
+    return made
+
+
+def make_child_cgroup(limit_bytes: int, name: str) -> tuple[str, int] | str:
+    """limited_child_cgroup without pytest (scripts/bench/faults_env.py uses it too): the child, or why not."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to create a memory cgroup")
+        return "needs root to create a memory cgroup"
     loc = host.locate_cgroup("memory")
     if loc is None:
-        pytest.skip("no memory cgroup controller mounted (v1 or v2)")
+        return "no memory cgroup controller mounted (v1 or v2)"
     parent = loc.dirs[0]
     if loc.version == 2:
         ctl = Path(parent, "cgroup.subtree_control")
         if "memory" not in (ctl.read_text().split() if ctl.exists() else []):
-            pytest.skip(f"cgroup2: the memory controller is not enabled for children of {loc.path}"
-                        " (cgroup.subtree_control); enabling it would change this process's own cgroup")
+            return (f"cgroup2: the memory controller is not enabled for children of {loc.path}"
+                    " (cgroup.subtree_control); enabling it would change this process's own cgroup")
     child = os.path.join(parent, f"{name}-{os.getpid()}")
     try:
         os.mkdir(child)
     except OSError as e:
-        pytest.skip(f"cannot create a child cgroup under {parent}: {e}")
+        return f"cannot create a child cgroup under {parent}: {e}"
     try:
         with open(os.path.join(child, "memory.max" if loc.version == 2 else "memory.limit_in_bytes"), "w") as f:
             f.write(str(limit_bytes))
     except OSError as e:
         os.rmdir(child)
-        pytest.skip(f"cannot set a memory limit on {child}: {e}")
+        return f"cannot set a memory limit on {child}: {e}"
     return child, loc.version
+
+
+def in_cgroup(child: str) -> tuple[str, ...]:
+    """A command prefix that runs the command inside `child`."""
+    return ("sh", "-c", f'echo $$ > {child}/cgroup.procs && exec "$@"', "sh")
+
+
+def remove_cgroup(child: str) -> None:
+    """SIGKILL whatever is left in `child`, then remove it."""
+    import signal
+    procs = Path(child, "cgroup.procs")
+    for _ in range(50):
+        pids = [int(x) for x in procs.read_text().split()] if procs.exists() else []
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+    try:
+        os.rmdir(child)
+    except OSError:
+        pass
 
 
 def serve_until_ready(args: list[str], env: dict, deadline_s: float = 120):

@@ -15,47 +15,22 @@ from pathlib import Path
 import pytest
 
 from gpcrun.launch.run import free_port
-from tests.proc_util import wait_until
+from tests.proc_util import in_cgroup, limited_child_cgroup, remove_cgroup, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-ROOTS = (("/sys/fs/cgroup/memory", "memory.limit_in_bytes"), ("/sys/fs/cgroup", "memory.max"),
-         ("/sys/fs/cgroup/unified", "memory.max"))
 
 
 @pytest.fixture
-def cgroup(request):
+def cgroup():
     made = []
 
     def make(limit_bytes: int) -> tuple[str, ...]:
-        for root, limit_file in ROOTS:
-            d = Path(root) / f"gpcrun-test-{os.getpid()}-{len(made)}"
-            try:
-                d.mkdir()
-            except OSError:
-                continue
-            made.append(d)
-            try:
-                (d / limit_file).write_text(str(limit_bytes))
-            except OSError:
-                continue
-            return ("sh", "-c", f'echo $$ > {d}/cgroup.procs && exec "$@"', "sh")
-        pytest.skip("cannot make a memory cgroup with a limit here")
+        child, _ = limited_child_cgroup(limit_bytes, f"gpcrun-real-{len(made)}")
+        made.append(child)
+        return in_cgroup(child)
     yield make
-    for d in made:
-        for _ in range(50):
-            pids = [int(x) for x in (d / "cgroup.procs").read_text().split()] if (d / "cgroup.procs").exists() else []
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.1)
-        try:
-            d.rmdir()
-        except OSError:
-            pass
+    for child in made:
+        remove_cgroup(child)
 
 
 def _serve(prefix, home: Path, model: Path, server: Path) -> subprocess.Popen:

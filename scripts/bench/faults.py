@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """Faults, one table: each row injects one fault into a real `gpcrun` command and prints the outcome, the exit
 code (expected / got), the seconds until gpcrun ended, and what was lost (must be nothing: run.json is whole
-JSON where a run started, no planted secret in any file under GPCRUN_HOME, no process left behind).
+JSON where a run started, no planted secret in any file under GPCRUN_HOME or a batch output nor on gpcrun's
+console, no process left behind, and what a row checks besides).
 
 Faults come from tests/fake_server.py (a stand-in llama-server with fault modes), a foreign listener on the
 port, SIGSTOP, signals, special files, the hostile header corpus (tests/data/nasty/), hostile job files and
-receipts. The real llama-server of the build cache serves the tiny model where a real one is needed.
+receipts; faults_env.py adds full and read-only mounts, memory cgroups (small, page cache, a sibling hog), a
+100 MB burst of log, planted links and signals while planning, benchmarking and batching (root: mount(2) and
+a writable cgroup hierarchy; a row whose mechanism is missing says so and is skipped). The real llama-server of
+the build cache serves the tiny model where a real one is needed.
 
     .venv/bin/python scripts/bench/faults.py [--json]
 """
@@ -40,12 +44,15 @@ class Home:
         self.dir.mkdir(parents=True)
         self.env = dict(os.environ, GPCRUN_HOME=str(self.dir), HF_TOKEN=SECRETS["HF_TOKEN"], PYTHONUNBUFFERED="1",
                         GPCRUN_CALIBRATE="off")
+        self.also: list[Path] = []  # more directories the row's gpcrun wrote (a batch output): searched too
+        self.console_secret = False  # a planted secret seen on gpcrun's stderr
 
     def lost(self) -> str:
         problems = []
-        for p in self.dir.rglob("*"):
-            if p.is_file() and any(v.encode() in p.read_bytes() for v in SECRETS.values()):
-                problems.append(f"secret in {p.relative_to(self.dir)}")
+        for top in (self.dir, *self.also):
+            for p in top.rglob("*"):
+                if p.is_file() and not p.is_symlink() and any(v.encode() in p.read_bytes() for v in SECRETS.values()):
+                    problems.append(f"secret in {p.relative_to(top)}")
         for run in (self.dir / "runs").glob("*") if (self.dir / "runs").exists() else ():
             if not (run / "run.json").exists() and not (run / "events.jsonl").exists():
                 continue  # nothing started there (a plan that could not be written): nothing to lose
@@ -56,6 +63,8 @@ class Home:
         left = _leftovers()
         if left:
             problems.append(f"processes left: {left}")
+        if self.console_secret:
+            problems.append("secret on the console")
         return "; ".join(problems) or "nothing"
 
 
@@ -82,20 +91,31 @@ def shim(d: Path, mode: str, *extra: str) -> Path:
     return p
 
 
-def gpcrun(home: Home, *args: str, after_start=None, timeout_s: float = 120) -> tuple[int, float, str]:
+def gpcrun(home: Home, *args: str, after_start=None, timeout_s: float = 120, prefix: tuple[str, ...] = ()
+           ) -> tuple[int, float, str]:
+    """Run `gpcrun ARGS` (under `prefix`, e.g. a shell that joins a cgroup first); its stderr goes to a file in the
+    row's home (a burst of log never sits in this process); the last line of it comes back."""
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "gpcrun", *args], cwd=ROOT, env=home.env, text=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    if after_start:
-        after_start(proc, home)
-    try:
-        _, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-        return -1, time.monotonic() - t0, "TIMED OUT"
-    last = [ln for ln in err.splitlines() if ln.strip()]
+    err_path = Path(tempfile.gettempdir()) / f"gpcrun-faults-{os.getpid()}-{home.dir.name}.stderr"  # never on
+    # the row's own (full, read-only) filesystem: gpcrun's console must work for its one line to be seen
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen([*prefix, sys.executable, "-m", "gpcrun", *args], cwd=ROOT, env=home.env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
+        if after_start:
+            after_start(proc, home)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return -1, time.monotonic() - t0, "TIMED OUT"
+    with open(err_path, "rb") as f:
+        while chunk := f.read(1 << 20):  # (a burst row's echo is 100 MB: read in pieces)
+            home.console_secret |= any(v.encode() in chunk for v in SECRETS.values())
+        f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
+        last = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    os.unlink(err_path)
     return proc.returncode, time.monotonic() - t0, (last[-1] if last else "")
 
 
@@ -126,11 +146,16 @@ def rows(work: Path, model: str, server: str) -> list[dict]:
     out = []
 
     def row(name: str, expect: int, args: list[str], after_start=None, timeout_s: float = 120,
-            root: Path | None = None) -> None:
-        home = Home(root or work, name.replace(" ", "_").replace("/", "_"))
-        rc, took, line = gpcrun(home, *args, after_start=after_start, timeout_s=timeout_s)
+            root: Path | None = None, home: Home | None = None, prefix: tuple[str, ...] = (), check=None) -> None:
+        """check(home) -> "" when what the row must also show holds, else what is wrong (counted as lost)."""
+        home = home or Home(root or work, name.replace(" ", "_").replace("/", "_"))
+        rc, took, line = gpcrun(home, *args, after_start=after_start, timeout_s=timeout_s, prefix=prefix)
+        lost = home.lost()
+        extra = check(home) if check else ""
+        if extra:
+            lost = extra if lost == "nothing" else f"{lost}; {extra}"
         out.append({"fault": name, "expected": expect, "got": rc, "seconds": round(took, 2), "last_line": line,
-                    "lost": home.lost(), "ok": rc == expect})
+                    "lost": lost, "ok": rc == expect})
         print(f"{name:44s} exit {rc:>3} (want {expect:>3})  {took:6.2f} s  lost: {out[-1]['lost']:8s}  {line[:90]}",
               flush=True)
 
@@ -239,6 +264,9 @@ def rows(work: Path, model: str, server: str) -> list[dict]:
                 "seconds": round(time.monotonic() - t0, 2), "ok": r.returncode == 0 and "skipped" in r.stderr,
                 "lost": "nothing", "last_line": (r.stderr.strip().splitlines() or [""])[-1]})
     print(f"{'damaged receipt files':44s} exit {r.returncode:>3} (want   0)  {out[-1]['last_line'][:90]}")
+
+    from faults_env import env_rows  # the rows that need mounts, cgroups, a batch or a burst of output
+    env_rows(work, model, server, row, out)
     return out
 
 
