@@ -59,6 +59,12 @@ def write_json_atomic(path: Path | str, doc: object, *, durable: bool = True, mo
     write_text_atomic(path, json.dumps(doc, indent=2, default=str), durable=durable, mode=mode)
 
 
+def rotate(path: Path | str, to: Path | str) -> None:
+    """A log segment renamed over the previous one (launch/logcap.py): the name `to` holds the old segment or the
+    new one, whole; not a document write (nothing is synced)."""
+    os.replace(path, to)
+
+
 def open_private(path: Path | str, mode: str = "a"):
     """Open for appending ("a" or "ab"), created 0600 if new; a symbolic link at path is refused (OSError)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NOFOLLOW, PRIVATE)

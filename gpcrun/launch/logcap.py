@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from ..atomic import open_private
+from ..atomic import open_private, rotate
 
 MIB = 1 << 20
 DEFAULT_LOG_MAX_BYTES = 128 * MIB
@@ -107,7 +107,7 @@ class CappedLog:
                 self._tail = None
                 if self.old_tail_path.exists():
                     self.dropped_bytes += self.old_tail_path.stat().st_size
-                os.replace(self.tail_path, self.old_tail_path)
+                rotate(self.tail_path, self.old_tail_path)
 
     def close(self) -> None:
         """Join head and tail into `path` (nothing to do when the head never filled)."""
