@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..plan.constants import PREFILL_BATCH_TOKENS as PREFILL_TOKENS  # one number for calibration and forecast
 
-SCHEMA = "gpcrun.calibration/2"  # 2: per-token cost and crossings measured
+SCHEMA = "gpcrun.calibration/3"  # 2: per-token cost and crossings; 3: prefill by the weights a batch computes with
 TYPES = ("Q4_0", "Q4_K", "Q8_0", "F16")
 DECODE_TOKENS = 8
 REPS = 3  # the best of 3: a busy neighbour only ever slows a run down
@@ -85,6 +85,7 @@ def calibrate(types: tuple[str, ...] = TYPES, physical_cores: int = 1, llc_bytes
     where = "" if device is None else f" on {device}"
     t0 = time.monotonic()
     decode, prefill, models, layer_fixed, attention, token_fixed, crossing = [], [], {}, [], [], [], []
+    prefill_fixed: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="gpcrun-calib-", dir=work_dir) as d:
         if fixed:
             say(f"calibrating the per-layer cost{where}: {FIXED_LAYERS} thin Q8_0 layers at -t"
@@ -101,6 +102,13 @@ def calibrate(types: tuple[str, ...] = TYPES, physical_cores: int = 1, llc_bytes
                                               ",".join(map(str, threads))], 120, place):
                 token_fixed.append({"threads": r["n_threads"], "tok_s": _best(r), "n_layer": one.n_layer,
                                     "bytes_per_token": one.layer_bytes * one.n_layer, "type": "Q8_0"})
+            # the same thin models prefilled: the per-layer and per-batch costs of a prompt batch (plan/rates.py)
+            for mm in (m, one):
+                for r in _bench(bench, mm.path, ["-p", str(PREFILL_TOKENS), "-n", "0", "-t",
+                                                 ",".join(map(str, threads))], 120, place):
+                    prefill_fixed.append({"threads": r["n_threads"], "tok_s": _best(r), "n_layer": mm.n_layer,
+                                          "n_params_prefill": mm.prefill_params, "type": "Q8_0",
+                                          "one_token_bytes": mm.one_token_bytes})
             if device is not None:  # every other layer's FFN back on the CPU: 2 crossings per such layer
                 say(f"calibrating {device}'s cost per crossing to the CPU and back: -ot {CROSS_OT}")
                 for r in _bench(bench, m.path, ["-p", "0", "-n", str(4 * DECODE_TOKENS), "-ot", CROSS_OT, "-t",
@@ -124,13 +132,14 @@ def calibrate(types: tuple[str, ...] = TYPES, physical_cores: int = 1, llc_bytes
             for r in _bench(bench, m.path, ["-p", str(PREFILL_TOKENS), "-n", "0", "-t", str(threads[-1])], 120,
                             place):
                 prefill.append({"type": ty, "threads": r["n_threads"], "tok_s": _best(r),
-                                "samples_tok_s": r.get("samples_ts"), "n_params": m.n_params})
+                                "samples_tok_s": r.get("samples_ts"), "n_params": m.n_params,
+                                "n_params_prefill": m.prefill_params, "one_token_bytes": m.one_token_bytes})
     doc = {"schema": SCHEMA, "measured_at_unix": int(time.time()), "seconds": round(time.monotonic() - t0, 1),
            "llama_bench": str(bench), "method": f"llama-bench {' '.join(place)} -lm none, best of {REPS}: decode -p 0 -n {DECODE_TOKENS},"
             f" prefill -p {PREFILL_TOKENS} -n 0, on synthetic dense llama models of one weight type each"
             " (gpcrun/calibrate/synth.py)", "threads": threads, "models": models, "decode": decode,
             "prefill": prefill, "layer_fixed": layer_fixed, "attention": attention, "token_fixed": token_fixed,
-            "crossing": crossing}
+            "crossing": crossing, "prefill_fixed": prefill_fixed}
     if device is not None:
         doc["device"] = device
     return doc
@@ -218,6 +227,7 @@ def load_or_calibrate(fingerprint: str, physical_cores: int, llc_bytes: int | No
         doc["models"] = {**cached.get("models", {}), **doc["models"]}
         doc["layer_fixed"] = cached.get("layer_fixed", [])
         doc["token_fixed"] = cached.get("token_fixed", [])
+        doc["prefill_fixed"] = cached.get("prefill_fixed", [])
         doc["attention"] = cached.get("attention", []) + doc["attention"]
         doc["seconds"] = round(cached.get("seconds", 0) + doc["seconds"], 1)
     doc["key"] = cache_key(fingerprint)

@@ -28,7 +28,9 @@ class SynthModel:
     n_layer: int
     layer_bytes: int  # bytes of one layer's weights: what decode reads per layer per token
     tensor_bytes: int  # all tensors (layers + embeddings + output)
-    n_params: int  # all weights (for prefill FLOPs)
+    n_params: int  # all weights
+    prefill_params: float = 0.0  # the weights every prompt batch token computes with (plan/prefill.py)
+    one_token_bytes: int = 0  # the bytes only the batch's output token reads (plan/prefill.py one_token)
 
 
 @dataclass(frozen=True)
@@ -157,4 +159,10 @@ def write_synth(directory: Path, ggml_type: str, target_bytes: int, quantize: Pa
     other = sum(t.n_bytes for t in info.tensors if t.layer is None)
     params = sum(t.n_elements for t in info.tensors if t.layer == 0) * n_layer + \
         sum(t.n_elements for t in info.tensors if t.layer is None)
-    return SynthModel(out, ggml_type, n_layer, layer_bytes, layer_bytes * n_layer + other, params)
+    from ..plan.prefill import batch_params, one_token_bytes
+    big = load_model(str(out))
+    f = big.facts
+    shape_of = (big.tensors, n_layer, f.get("expert_count") or 0, f.get("expert_used_count") or 0,
+                "output.weight" not in {t.name for t in big.tensors})
+    return SynthModel(out, ggml_type, n_layer, layer_bytes, layer_bytes * n_layer + other, params,
+                      batch_params(*shape_of)[0], sum(one_token_bytes(*shape_of)[0].values()))

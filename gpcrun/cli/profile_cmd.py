@@ -49,6 +49,14 @@ def render_calibration(cal: dict | None) -> str:
         p = pre.get(ty)
         tail = f"; prefill {p['tok_s']:.1f} tok/s at -t {p['threads']}" if p else ""
         out.append(f"  {ty:5s} decode " + ", ".join(cells) + tail)
+    from ..plan.rates import HostRates
+    rates = HostRates.from_doc(cal)
+    if rates is not None and rates.prefill:
+        t = max(t for _, t, _ in rates.prefill)
+        cells = [f"{ty} {pps / 1e9:.0f}" for ty, pt, pps in rates.prefill if pt == t]
+        out.append(f"  prefill at -t {t}: " + ", ".join(cells) + " G weight-tokens/s"
+                   + (f"; + {rates.prefill_layer_s(t) * 1e6:.1f} us per layer per prompt token (thin layers)"
+                      if rates.prefill_layer else ""))
     for name, dev in (cal.get("devices") or {}).items():
         if dev.get("error"):
             out.append(f"  {name}: not calibrated ({dev['error']}); its forecast uses the spec sheet")

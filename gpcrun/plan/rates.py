@@ -2,8 +2,9 @@
 thread count, from the calibration document (gpcrun/calibrate/run.py: llama-bench on synthetic models).
 
 - decode: effective bytes/s (weights read per token x tok/s) per (type, threads);
-- prefill: weights x tok/s (parameter-tokens/s) per type at the largest thread count measured; fewer threads
-  scale it down linearly (prefill is compute-bound).
+- prefill: the weights a batch token computes with (plan/prefill.py batch_params) x tok/s (parameter-tokens/s)
+  per type at the largest thread count measured, once the per-layer and per-batch costs measured on many thin
+  layers are taken out; fewer threads scale it down linearly (prefill is compute-bound).
 A type that was not measured takes the measured type with the nearest bits per weight (same family -- K-quant
 or not -- first); a thread count between two measured ones is interpolated linearly, above the largest one it
 stays there (no more cores to add). The band comes from the spread of the raw samples. Attention over the KV
@@ -28,6 +29,74 @@ def _bytes_rate(d: dict, model: dict | None, c: float | None, fixed: float | Non
     return d["bytes_per_token"] / t_bytes if t_bytes > 0.2 / d["tok_s"] else float(d["bytes_per_s"])
 
 
+def _at(points, threads: int) -> float:
+    """Linear between measured thread counts, flat beyond the ends."""
+    points = sorted(points)
+    if threads <= points[0][0]:
+        return points[0][1]
+    for (t0, r0), (t1, r1) in zip(points, points[1:]):
+        if t0 <= threads <= t1:
+            return r0 + (r1 - r0) * (threads - t0) / (t1 - t0)
+    return points[-1][1]
+
+
+def _scaled(points, threads: int) -> float:
+    """A compute-bound cost in seconds: below the fewest threads measured it grows as 1/threads."""
+    if not points:
+        return 0.0
+    lo_t, lo_s = min(points)
+    return lo_s * lo_t / threads if threads < lo_t else _at(points, threads)
+
+
+def _prefill_rates(doc: dict, decode: tuple = ()):
+    """(per type: (type, threads, parameter-tokens/s), per-layer and per-token costs by thread count) from the
+    prefill rows. A row's parameters are those every batch token computes with (n_params_prefill; older
+    documents: all, n_params); the bytes only its output token reads (one_token_bytes) take their time at the
+    type's decode rate (`decode`: (type, threads, bytes/s)) per batch. With thin-layer rows (prefill_fixed: many
+    layers and one, of one type), the per-layer cost is the many-layer batch's time less the one's, less their
+    weights' work at that type's rate, per layer; and each type's rate is its time less its layers' and the
+    per-token costs. Two rounds settle the dependence."""
+    from .constants import PREFILL_BATCH_TOKENS
+
+    def once_s(p: dict) -> float:  # the output token's weights, read once per batch, per prompt token
+        pts = [(t, r) for n, t, r in decode if n == p.get("type", "Q8_0")]
+        b = p.get("one_token_bytes") or 0
+        return b / _at(pts, int(p["threads"])) / PREFILL_BATCH_TOKENS if b and pts else 0.0
+
+    rows = [p for p in doc.get("prefill") or () if p.get("tok_s") and (p.get("n_params_prefill") or p.get("n_params"))]
+    n_of = lambda p: float(p.get("n_params_prefill") or p["n_params"])  # noqa: E731
+    models = doc.get("models") or {}
+    thin: dict[int, dict[int, dict]] = {}
+    for f in doc.get("prefill_fixed") or ():
+        if f.get("tok_s") and f.get("n_params_prefill") and f.get("n_layer"):
+            thin.setdefault(int(f["threads"]), {})[int(f["n_layer"])] = f
+    layer: dict[int, float] = {}
+    token: dict[int, float] = {}
+    for _ in range(2):
+        pre = []
+        for p in rows:
+            t, n_layer = int(p["threads"]), (models.get(p["type"]) or {}).get("n_layer", 0)
+            spent = 1 / p["tok_s"]
+            cost = once_s(p) + (n_layer * _at(list(layer.items()), t) + _at(list(token.items()), t) if layer else 0.0)
+            pre.append((p["type"], t, n_of(p) / (spent - cost if spent - cost > 0.2 * spent else spent)))
+        if not pre:
+            return (), (), ()
+        for t, by_n in thin.items():
+            if len(by_n) < 2:
+                continue
+            (n1, one), (n2, many) = min(by_n.items()), max(by_n.items())
+            ty = one.get("type", "Q8_0")
+            have = [(pt, r) for n, pt, r in pre if n == ty] or [(pt, r) for _, pt, r in pre]
+            rate = _scaled([(pt, 1 / r) for pt, r in have], t)  # s per parameter-token, compute-bound
+            spent_many, spent_one = 1 / many["tok_s"] - once_s(many), 1 / one["tok_s"] - once_s(one)
+            per = (spent_many - spent_one - (n_of(many) - n_of(one)) * rate) / (n2 - n1)
+            layer[t] = max(0.0, per)
+            token[t] = max(0.0, spent_one - n_of(one) * rate - n1 * layer[t])
+        if not layer:
+            break
+    return tuple(pre), tuple(sorted(layer.items())), tuple(sorted(token.items()))
+
+
 def bits_per_weight(type_name: str) -> float | None:
     t = _BY_NAME.get(type_name)
     if t is None or t not in GGML_QUANT_SIZES:
@@ -47,6 +116,8 @@ class HostRates:
     attention: tuple[tuple[str, int, int, float], ...] = ()  # (KV type, head size, threads, s per attention unit)
     token_fixed: tuple[tuple[int, float], ...] = ()  # (threads, seconds per token beyond its layers)
     crossing_s: float | None = None  # a device's cost per crossing to the CPU and back (one each way), measured
+    prefill_layer: tuple[tuple[int, float], ...] = ()  # (threads, s per layer per prompt token beyond its weights)
+    prefill_token: tuple[tuple[int, float], ...] = ()  # (threads, s per prompt token beyond its layers)
 
     @classmethod
     def from_doc(cls, doc: dict) -> "HostRates | None":
@@ -54,8 +125,7 @@ class HostRates:
                     if d.get("bytes_per_s"))
         if not dec:
             return None
-        pre = tuple((p["type"], int(p["threads"]), float(p["tok_s"]) * float(p["n_params"]))
-                    for p in doc.get("prefill") or () if p.get("tok_s") and p.get("n_params"))
+        pre, pre_layer, pre_token = _prefill_rates(doc, dec)
         lo, hi = 1.0, 1.0
         for d in doc.get("decode") or ():
             s = [x for x in (d.get("samples_tok_s") or ()) if x]
@@ -96,7 +166,8 @@ class HostRates:
                 per = (1 / a["tok_s"] - 1 / base["tok_s"]) / (depth * a["units_per_depth_token"])
                 attn.append((ty.upper(), int(hd), int(t), max(0.0, per)))
         return replace(r, layer_fixed=tuple(sorted(fixed)), attention=tuple(sorted(attn)),
-                       token_fixed=tuple(sorted(per_token)), crossing_s=max(0.0, min(cross)) if cross else None)
+                       token_fixed=tuple(sorted(per_token)), crossing_s=max(0.0, min(cross)) if cross else None,
+                       prefill_layer=pre_layer, prefill_token=pre_token)
 
     def types(self) -> list[str]:
         return sorted({t for t, _, _ in self.decode})
@@ -115,18 +186,21 @@ class HostRates:
                                         (h.endswith("_K") or "_K_" in h) != fam, h))
 
     def _at_threads(self, points: list[tuple[int, float]], threads: int) -> float:
-        points = sorted(points)
-        if threads <= points[0][0]:
-            return points[0][1]
-        for (t0, r0), (t1, r1) in zip(points, points[1:]):
-            if t0 <= threads <= t1:
-                return r0 + (r1 - r0) * (threads - t0) / (t1 - t0)
-        return points[-1][1]
+        return _at(points, threads)
 
     def token_fixed_s(self, threads: int) -> float:
         """What a token costs on this device beyond its layers (measured: one thin layer less that layer), else 0
         (older calibrations: it is inside the measured rates)."""
         return self._at_threads(list(self.token_fixed), threads) if self.token_fixed else 0.0
+
+    def prefill_layer_s(self, threads: int) -> float:
+        """Seconds per layer per prompt token beyond its weights' work (0 when not measured: older calibrations
+        have it inside their rates)."""
+        return _scaled(self.prefill_layer, threads)
+
+    def prefill_token_s(self, threads: int) -> float:
+        """Seconds per prompt token beyond its layers (graph, output), 0 when not measured."""
+        return _scaled(self.prefill_token, threads)
 
     def layer_fixed_s(self, threads: int) -> float | None:
         """The host's measured cost per layer per token beyond its bytes, None when not measured."""

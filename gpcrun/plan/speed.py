@@ -6,9 +6,10 @@ import re
 from dataclasses import dataclass
 
 from .constants import (CPU_LAYER_OVERHEAD_S, DEFAULT_EFFICIENCY, EXPS_REGEX, GPU_LAYER_OVERHEAD_S, MODEL_ERROR,
-                        PREFILL_BATCH_TOKENS, UNCALIBRATED_BAND)
+                        UNCALIBRATED_BAND)
 from .kv import kv_size_tokens
 from .layout import LayoutTable, _layer_device
+from .prefill import batch_params, prefill_tok_s
 from .request import Request, Target
 from .types import Forecast, Placement
 
@@ -171,8 +172,10 @@ def forecast(table: LayoutTable, target: Target, pl: Placement, req: Request,
     flops = None
     gpu_flops = [d.flops for d in target.gpus if d.flops]
     if gpu_flops and pl.ngl > table.n_layer and pl.n_cpu_moe == 0:
-        # prefill ceiling: 2 FLOP per active weight per token at the spec-sheet FP16 rate
-        params = sum(_params_by_device(table, pl, n_gpus))
+        # prefill ceiling: 2 FLOP per weight a batch token computes with (plan/prefill.py) at the spec-sheet
+        # FP16 rate
+        params = sum(batch_params(table.model.tensors, table.n_layer, table.n_expert, table.n_expert_used,
+                                  table.tied_output))
         flops = gpu_flops[0] / (2 * params) if params else None
     if unknown or t_ceiling == 0:
         return Forecast(None, None, None, flops, False, "bandwidth unknown for a device that holds weights",
@@ -186,7 +189,8 @@ def forecast(table: LayoutTable, target: Target, pl: Placement, req: Request,
     if measured_host or measured_gpu:
         lo, hi = min(s[0] for s in spreads), max(s[1] for s in spreads)
         band = (expected * (lo - MODEL_ERROR), expected * (hi + MODEL_ERROR))
-        prefill = _prefill_tok_s(table, target, pl, n_gpus, req.pinned.threads_batch or threads, threads)
+        prefill = prefill_tok_s(table, target, pl, n_gpus, req.pinned.threads_batch or threads, threads,
+                                _tensor_device, _type_bytes, _layer_device)
         parts = [f"host rates measured by llama-bench at -t {threads}"] if measured_host else []
         if n_gpus:
             parts.append("GPU rates measured by llama-bench" if measured_gpu else
@@ -195,37 +199,6 @@ def forecast(table: LayoutTable, target: Target, pl: Placement, req: Request,
     band = (expected * UNCALIBRATED_BAND[0], min(ceiling, expected * UNCALIBRATED_BAND[1]))
     return Forecast(ceiling, expected, band, flops, False,
                     "uncalibrated: one-thread copy bandwidth x default efficiency + per-layer overhead", per_dev)
-
-
-def _prefill_tok_s(table: LayoutTable, target: Target, pl: Placement, n_gpus: int, threads_batch: int,
-                   threads: int) -> float | None:
-    """Prompt tokens/s for a PREFILL_BATCH_TOKENS batch: per device, its active parameters / its measured prefill
-    rate for its types, plus reading the experts the batch routes to beyond the active share. None when a device
-    holding weights has no measured prefill rate, or when a GPU would stream the host's weights: llama.cpp's
-    scheduler hands a big batch's matmuls over host weights to a device whose offload_op accepts them (CUDA:
-    batch >= op_offload_min_batch_size, ggml-cuda.cu), at the host-to-device rate, which only a GPU can measure.
-    A ggml-rpc-server has no offload_op (ggml-rpc.cpp): each device computes its own layers."""
-    params = _params_by_device(table, pl, n_gpus)
-    if params[0] and any(d.kind == "gpu" and not d.name.startswith("RPC") for d in target.gpus):
-        return None
-    t = 0.0
-    for i, dev in enumerate(target.devices):
-        if not params[i]:
-            continue
-        rates = dev.decode_rates
-        mix = _type_bytes(table, pl, n_gpus, i, active=False)
-        pps = rates.prefill_params_per_s(mix, threads_batch) if rates is not None else None
-        if not pps:
-            return None
-        # a batch routes its tokens to (nearly) every expert: all expert weights are read once per batch, not only
-        # the active share the compute sees (the dense calibration reads each once)
-        idle = {}
-        if table.n_expert:
-            exp = _type_bytes(table, pl, n_gpus, i, active=False, experts_only=True)
-            idle = {k: int(v * (1 - table.n_expert_used / table.n_expert)) for k, v in exp.items() if v}
-        extra = sum(idle.values()) / rates.mix_bytes_per_s(idle, threads) / PREFILL_BATCH_TOKENS if idle else 0.0
-        t += params[i] / pps + extra
-    return 1.0 / t if t else None
 
 
 def _tensor_device(table: LayoutTable, pl: Placement, n_gpus: int, t) -> int:
@@ -249,18 +222,6 @@ def _type_bytes(table: LayoutTable, pl: Placement, n_gpus: int, dev: int, active
         if (experts_only and not expert) or _tensor_device(table, pl, n_gpus, t) != dev:
             continue
         out[t.type_name] = out.get(t.type_name, 0) + int(t.n_bytes * (frac if expert and active else 1.0))
-    return out
-
-
-def _params_by_device(table: LayoutTable, pl: Placement, n_gpus: int) -> list[float]:
-    """Active parameters (what a token's compute touches) per device; the input embedding is a row lookup."""
-    frac = (table.n_expert_used / table.n_expert) if table.n_expert else 1.0
-    out = [0.0] * (n_gpus + 1)
-    for t in table.model.tensors:
-        if t.name == "token_embd.weight" and not table.tied_output:
-            continue
-        expert = t.role == "routed_experts" and re.search(EXPS_REGEX, t.name)
-        out[_tensor_device(table, pl, n_gpus, t)] += t.n_elements * (frac if expert else 1.0)
     return out
 
 

@@ -134,6 +134,7 @@ def main() -> int:
                          " calibration of the model's types measured right before its cells (side by side)")
     ap.add_argument("--split", action="store_true", help="add -ngl / --n-cpu-moe sweeps with a ggml-rpc-server")
     ap.add_argument("--split-only", action="store_true", help="only the split sweeps (dense and MoE models)")
+    ap.add_argument("--prefill-only", action="store_true", help="only the all-on-CPU prefill cells")
     a = ap.parse_args()
     a.split = a.split or a.split_only
     from gpcrun.model import load_model
@@ -173,7 +174,7 @@ def main() -> int:
                 rows += split_cells(rpc, [(label, path)], target, threads[-1])
             if a.split_only:
                 continue
-            depths = depths_for[not label.startswith("SmolLM2")]
+            depths = () if a.prefill_only else depths_for[not label.startswith("SmolLM2")]
             for t in threads:
                 for kv in ("f16", "q8_0"):
                     for depth in depths:
@@ -201,10 +202,10 @@ def main() -> int:
             rpc.stop()
     dec = [r for r in rows if r["kind"] == "decode"]
     pre = [r for r in rows if r["kind"] == "prefill"]
-    worst = max(abs(r["error"]) for r in dec)
     import statistics
+    worst = max((abs(r["error"]) for r in dec), default=0.0)
     print(f"decode: {sum(abs(r['error']) <= 0.15 for r in dec)} of {len(dec)} cells within +-15 % (worst"
-          f" {100 * worst:.1f} %, median |error| {100 * statistics.median(abs(r['error']) for r in dec):.1f} %);"
+          f" {100 * worst:.1f} %, median |error| {100 * statistics.median([abs(r['error']) for r in dec] or [0]):.1f} %);"
           f" band holds {sum(r['in_band'] for r in dec)} of {len(dec)}")
     if pre:
         print(f"prefill: {sum(abs(r['error']) <= 0.25 for r in pre)} of {len(pre)} within +-25 % (worst"
