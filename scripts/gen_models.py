@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Generate tiny random-weight GGUF models: dense llama and qwen3moe in f16, Q8_0 and Q4_K_M; gemma3 (SWA),
-qwen2moe (shared experts), deepseek2 (MLA, dense-first + MoE) and mamba2 (recurrent) in f16 and Q8_0.
+qwen2moe (shared experts), deepseek2 (MLA, dense-first + MoE) and mamba2 (recurrent) in f16 and Q8_0; and, in f16
+and Q8_0, hybrids that hold both a KV cache and recurrent state (layouts in gen_models_hybrid.py): qwen35 (Gated
+DeltaNet + gated attention), granitehybrid (Mamba-2 + attention), falcon-h1 (both in every layer), lfm2 (short
+conv + attention), nemotron_h (Mamba-2, attention and MLP-only layers) and jamba (Mamba-1 + attention, MoE).
 
 Deterministic: fixed seeds, so the same script + vocab + llama-quantize give byte-identical files.
-Output: OUT/<key>/<name>.gguf, key = sha256(script, vocab, llama-quantize)[:16]; an existing full set is reused.
+Output: OUT/<key>/<name>.gguf, key = sha256(scripts, vocab, llama-quantize)[:16]; an existing full set is reused.
 Prints a JSON manifest {"dir": ..., "models": {name: path}} on stdout; progress goes to stderr.
 
 Usage: scripts/gen_models.py [--out DIR] [--quantize PATH] [--vocab PATH] [--force]
@@ -27,6 +30,7 @@ import gguf
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gen_models_hybrid as hybrid  # noqa: E402
 from _util import sha256_file  # noqa: E402
 
 N_VOCAB = 8192
@@ -61,6 +65,33 @@ SPECS = {
     # Mamba-2: recurrent, no attention; 8 heads of 64 (time_step_rank = d_inner / head_dim), 2 groups.
     "tiny-mamba": dict(arch="mamba2", seed=6, n_embd=256, n_layer=4, n_ctx=1048576, d_inner=512, d_state=64,
                         d_conv=4, head_dim=64, n_group=2, quants=("q8_0",)),
+    # Hybrids (gen_models_hybrid.py). layout: per layer "M" recurrent, "*" attention, "-" MLP only.
+    # Qwen3.5: layers 3 and 7 are gated attention (q + gate, head_dim 128, interleaved MRoPE on n_rot = 32),
+    # the rest Gated DeltaNet with 2 key heads and 4 value heads of 64 (d_inner = d_state * dt_rank); dense FFN.
+    "tiny-qwen35": dict(arch="qwen35", seed=7, n_embd=256, n_layer=8, full_attention_interval=4, n_head=4,
+                        n_head_kv=2, head_dim=128, n_rot=32, rope_sections=[6, 5, 5, 0], n_ff=512, n_ctx=262144,
+                        rope_base=10000000.0, d_conv=4, d_state=64, n_group=2, dt_rank=4, d_inner=256,
+                        quants=("q8_0",)),
+    # Granite 4.0-H: Mamba-2 (8 heads of 64, 1 group) with NoPE attention at layers 2 and 5, dense shared MLP.
+    "tiny-granitehybrid": dict(arch="granitehybrid", seed=8, n_embd=256, n_layer=6, layout="MM*MM*", n_head=4,
+                               n_head_kv=2, n_ff=512, n_ctx=1048576, rope_base=10000.0, d_inner=512, d_state=64,
+                               n_group=1, d_conv=4, ssm_head_dim=64, quants=("q8_0",)),
+    # Falcon-H1: attention and Mamba-2 (6 heads of 64, d_inner 1.5 x n_embd) side by side in every layer.
+    "tiny-falcon-h1": dict(arch="falcon-h1", seed=9, n_embd=256, n_layer=4, n_head=4, n_head_kv=2, head_dim=64,
+                           n_ff=512, n_ctx=16384, rope_base=1e11, d_inner=384, d_state=64, n_group=1, d_conv=4,
+                           ssm_head_dim=64, quants=("q8_0",)),
+    # LFM2: short-conv layers (L_cache 3) with attention at layers 2 and 5, no sliding window, tied output.
+    "tiny-lfm2": dict(arch="lfm2", seed=10, n_embd=256, n_layer=6, layout="MM*MM*", n_head=4, n_head_kv=2,
+                      n_ff=512, n_ctx=128000, rope_base=1000000.0, l_cache=3, quants=("q8_0",)),
+    # Nemotron-H: Mamba-2 at 0, 2, 5, NoPE attention at 3, squared-ReLU MLP at 1 and 4 (pattern "M-M*-M").
+    "tiny-nemotron-h": dict(arch="nemotron_h", seed=11, n_embd=256, n_layer=6, layout="M-M*-M", n_head=4,
+                            n_head_kv=2, head_dim=64, n_ff=1024, n_ctx=1048576, rope_base=10000.0, d_inner=512,
+                            d_state=64, n_group=2, d_conv=4, ssm_head_dim=64, quants=("q8_0",)),
+    # Jamba: Mamba-1 (d_inner 2 x n_embd, dt_rank 32) with attention at layer 2; MoE FFN (4 experts, top 2) on odd
+    # layers, dense elsewhere.
+    "tiny-jamba": dict(arch="jamba", seed=12, n_embd=256, n_layer=4, layout="MM*M", moe_layers=(1, 3), n_head=4,
+                       n_head_kv=2, n_ff=512, n_ctx=262144, d_inner=512, d_state=16, dt_rank=32, d_conv=4,
+                       n_expert=4, n_expert_used=2, quants=("q8_0",)),
 }
 MODEL_NAMES = [f"{base}-{q}" for base, spec in SPECS.items() for q in ("f16", *spec["quants"])]
 
@@ -73,6 +104,7 @@ def log(msg: str) -> None:
 
 def cache_key(vocab_path: Path, quantize_bin: Path) -> str:
     h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update(Path(hybrid.__file__).read_bytes())
     h.update(sha256_file(vocab_path).encode())
     h.update(sha256_file(quantize_bin).encode())
     # numpy does not promise the same random stream across versions; gguf writes the files
@@ -111,7 +143,8 @@ def load_vocab(vocab_path: Path) -> list[tuple[str, object, object, object]]:
 #   "f16"  random N(0, STD), stored f16 (every matrix llama-quantize may quantize)
 #   "f32"  random N(0, STD), kept f32 as convert_hf_to_gguf does (routers, biases, conv1d)
 #   "norm" ones, f32
-#   "ssm_a", "ssm_dt_b": Mamba-2 A (negative decay rates) and dt bias (inverse softplus of dt), f32
+#   "ssm_a", "ssm_dt_b": SSM A (negative decay rates) and dt bias (inverse softplus of dt), f32; used by Mamba-1/2
+#                        and Gated DeltaNet alike
 def _attn_qkvo(b: str, e: int, nh: int, nkv: int, hd: int, bias: bool = False) -> list:
     ts = [(f"{b}.attn_q.weight", (nh * hd, e), "f16"),
           (f"{b}.attn_k.weight", (nkv * hd, e), "f16"),
@@ -140,6 +173,13 @@ def tensors_for(spec: dict) -> list[tuple[str, tuple[int, ...], str]]:
     """(name, numpy shape, kind) in writing order; numpy shapes are ggml dims reversed (see the kinds above)."""
     arch, e = spec["arch"], spec["n_embd"]
     ts = [("token_embd.weight", (N_VOCAB, e), "f16")]
+    if arch in hybrid.ARCHS:
+        for i in range(spec["n_layer"]):
+            ts += hybrid.layer_tensors(spec, i)
+        ts.append((hybrid.output_norm_name(arch), (e,), "norm"))
+        if arch not in hybrid.TIED_OUTPUT:
+            ts.append(("output.weight", (N_VOCAB, e), "f16"))
+        return ts
     for i in range(spec["n_layer"]):
         b = f"blk.{i}"
         ts.append((f"{b}.attn_norm.weight", (e,), "norm"))
@@ -191,17 +231,7 @@ def tensors_for(spec: dict) -> list[tuple[str, tuple[int, ...], str]]:
                 ts += [(f"{b}.exp_probs_b.bias", (spec["n_expert"],), "f32")]
                 ts += _ffn(b, e, spec["n_ff_exp"] * spec["n_expert_shared"], "_shexp")
         elif arch == "mamba2":
-            di, ds, ng, dc = spec["d_inner"], spec["d_state"], spec["n_group"], spec["d_conv"]
-            nh = di // spec["head_dim"]
-            conv = di + 2 * ng * ds
-            ts += [(f"{b}.ssm_in.weight", (di + conv + nh, e), "f16"),
-                   (f"{b}.ssm_conv1d.weight", (conv, dc), "f32"),
-                   (f"{b}.ssm_conv1d.bias", (conv,), "f32"),
-                   (f"{b}.ssm_dt.bias", (nh,), "ssm_dt_b"),
-                   (f"{b}.ssm_a", (nh, 1), "ssm_a"),
-                   (f"{b}.ssm_d", (nh, 1), "norm"),
-                   (f"{b}.ssm_norm.weight", (ng, di // ng), "norm"),
-                   (f"{b}.ssm_out.weight", (e, di), "f16")]
+            ts += hybrid.mamba2_mixer(b, e, spec, spec["d_inner"] // spec["head_dim"])
         else:
             raise ValueError(f"no tensor layout for arch {arch}")
     ts.append(("output_norm.weight", (e,), "norm"))
@@ -216,6 +246,9 @@ def write_metadata(w: "gguf.GGUFWriter", spec: dict) -> None:
     w.add_context_length(spec["n_ctx"])
     w.add_embedding_length(spec["n_embd"])
     w.add_block_count(spec["n_layer"])
+    if arch in hybrid.ARCHS:
+        hybrid.write_metadata(w, spec)
+        return
     if arch == "mamba2":
         # as convert_hf_to_gguf's Mamba2Model: no attention, n_ff and n_head written as 0
         w.add_feed_forward_length(0)
