@@ -51,7 +51,10 @@ def test_smollm2_answers_and_matches_header(llama_server_bin, smollm2, tmp_path)
     ("tiny-llama-f16", 512, 1), ("tiny-llama-q8_0", 1000, 2), ("tiny-llama-q4_k_m", 512, 1),
     ("tiny-qwen3moe-f16", 512, 1), ("tiny-qwen3moe-q8_0", 512, 1), ("tiny-qwen3moe-q4_k_m", 1024, 3),
     ("tiny-gemma3-f16", 1024, 1), ("tiny-gemma3-q8_0", 1024, 3),  # sliding window: 768 cells, not 1024
-    ("tiny-qwen2moe-q8_0", 512, 1), ("tiny-deepseek2-q8_0", 1024, 1), ("tiny-mamba-q8_0", 1024, 2)])
+    ("tiny-qwen2moe-q8_0", 512, 1), ("tiny-deepseek2-q8_0", 1024, 1), ("tiny-mamba-q8_0", 1024, 2),
+    # hybrid memory layouts (KV on some layers, recurrent state on others, one state row per sequence)
+    ("tiny-qwen35-q8_0", 1024, 2), ("tiny-granitehybrid-q8_0", 1024, 1), ("tiny-falcon-h1-f16", 512, 3),
+    ("tiny-lfm2-q8_0", 1024, 2), ("tiny-nemotron-h-f16", 512, 1), ("tiny-jamba-q8_0", 1024, 2)])
 def test_tiny_models_answer_and_match_header(llama_server_bin, tiny_models, tmp_path, name, ctx, parallel):
     path = tiny_models[name]
     with RealServer(llama_server_bin, path, "-c", str(ctx), "-np", str(parallel), "-lv", "4", "--no-repack",

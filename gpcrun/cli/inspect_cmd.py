@@ -6,6 +6,7 @@ import os
 import click
 
 from ..fmt import human_bytes, table
+from ..model.layouts import layout_notes
 from ..model import KV_CACHE_TYPES, ROLES, load_model
 from .main import emit_json, main
 
@@ -71,7 +72,10 @@ def render_text(info, kv_type: str, show_tensors: bool) -> str:
                        " for these layers")
         st = sum(l.state_bytes_per_seq for l in kv)
         if st:
-            out.append(f"  recurrent state: {st:,} bytes per sequence")
+            n_st = sum(1 for l in kv if l.state_bytes_per_seq)
+            out.append(f"  recurrent state: {st:,} bytes per sequence ({n_st} layers, f32; llama.cpp keeps one per"
+                       " sequence, -np)")
+    out.extend(f"note: {n}" for n in layout_notes(info.facts, info.tensors))
     by_layer = info.bytes_by_layer()
     layer_sizes = sorted({b for k, b in by_layer.items() if k != "non_layer"})
     if layer_sizes:

@@ -90,6 +90,7 @@ def render_plan(plan, changes_text: str = "") -> str:
             out.append(f"prefill ceiling: {f.prefill_ceiling_tok_s:.0f} tok/s (spec-sheet FLOP/s)")
     out.append(f"verdict: {plan.verdict.upper()}")
     out.extend(f"  - {r}" for r in plan.reasons)
+    out.extend(f"  note: {n}" for n in plan.notes)
     if changes_text:
         out.append(changes_text)
     if plan.argv:

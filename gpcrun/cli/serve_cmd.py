@@ -12,6 +12,11 @@ from .params import FiniteFloat
 
 
 def plan_summary(plan) -> str:
+    notes = "".join(f"\n  note: {n}" for n in plan.notes)
+    return _summary(plan) + notes
+
+
+def _summary(plan) -> str:
     ev = plan.chosen or plan.nearest
     if ev is None:
         return f"plan: {plan.verdict}: " + "; ".join(plan.reasons)

@@ -109,6 +109,11 @@ def derive_facts(md: Mapping[str, KVField], tensors: Iterable[TensorInfo], path:
         "ssm_group_count": a("ssm.group_count"),
         "wkv_head_size": a("wkv.head_size"),
         "token_shift_count": a("token_shift_count"),
+        "nextn_predict_layers": a("nextn_predict_layers"),
+        "full_attention_interval": a("full_attention_interval"),
+        "recurrent_layers": a("attention.recurrent_layers", bools=True),
+        "kda_head_dim": a("kda.head_dim"),
+        "shortconv_l_cache": a("shortconv.l_cache"),
         "recurrent": arch in _RECURRENT_ARCHS if arch else None,
         "tensor_count": len(tensors),
     }
@@ -136,6 +141,10 @@ def check_facts(facts: Mapping[str, Any], md: Mapping[str, KVField], tensors: It
     if n_layer is not None and not 0 < n_layer <= LLAMA_MAX_LAYERS:
         raise GGUFError(path, f"{arch}.block_count is {n_layer}: llama.cpp needs 1 to {LLAMA_MAX_LAYERS}"
                               " (llama-model.cpp load_hparams)")
+    nextn = facts.get("nextn_predict_layers")
+    if n_layer is not None and nextn is not None and not isinstance(nextn, tuple) and nextn > n_layer:
+        raise GGUFError(path, f"{arch}.nextn_predict_layers is {nextn}, more than {arch}.block_count {n_layer}"
+                              " (llama-model.cpp:1332 asserts it)")
     n_exp = facts.get("expert_count") or 0
     used = _scalar_max(facts.get("expert_used_count")) or 0
     if n_exp > LLAMA_MAX_EXPERTS:

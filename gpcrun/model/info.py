@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .layouts import layout_notes
 from .kvcache import LayerKV, kv_cache_layers
 
 
@@ -163,6 +164,7 @@ class ModelInfo:
                 "bytes_per_token_all_layers": sum(l.k_bytes_per_token + l.v_bytes_per_token for l in kv),
                 "layers": [l.to_json() for l in kv],
             },
+            "layout_notes": list(layout_notes(self.facts, self.tensors)),
             "metadata": {k: v.to_json() for k, v in self.metadata.items()},
             "tensors": [t.to_json() for t in self.tensors],
         }

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .ggml import _C, GGML_QUANT_SIZES
+from .layouts import layout
 
 KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
 
@@ -42,10 +43,13 @@ def _type_row_bytes(cache_type: str, n: int) -> int:
 
 
 def kv_cache_layers(facts: Mapping[str, Any], type_k: str = "f16", type_v: str = "f16") -> tuple[LayerKV, ...]:
-    """Per-layer KV cost following llama.cpp's llama_hparams (n_embd_k_gqa, is_swa, is_mla, n_embd_r/s)."""
+    """Per-layer KV cost following llama.cpp's llama_hparams (n_embd_k_gqa, is_swa, is_mla, n_embd_r/s), with which
+    layers hold a KV cache and which recurrent state from layouts.layout (llama.cpp's create_memory filters). A
+    layer in both caches (falcon-h1) is its attention kind with state_bytes_per_seq > 0."""
     n_layer = facts.get("block_count")
     if not n_layer:
         return ()
+    lay = layout(facts)
     heads_kv = _per_layer(facts.get("head_count_kv"), n_layer) or [0] * n_layer
     hk, hv = facts.get("key_length") or 0, facts.get("value_length") or 0
     hk_swa = facts.get("key_length_swa") or hk
@@ -56,39 +60,23 @@ def kv_cache_layers(facts: Mapping[str, Any], type_k: str = "f16", type_v: str =
         is_swa = [bool(x) for x in _per_layer(pat, n_layer)]
     elif window and isinstance(pat, int):
         is_swa = [pat == 0 or (il % pat < pat - 1) for il in range(n_layer)]
+    elif window and facts.get("architecture") == "lfm2":  # lfm2.cpp:26-31: every attention layer is SWA
+        is_swa = [True] * n_layer
     else:
         is_swa = [False] * n_layer
     mla = bool(facts.get("key_length_mla") and facts.get("value_length_mla"))
-    state = _recurrent_state_bytes(facts)
+    state = lay.state_bytes_per_seq
     out = []
     for il in range(n_layer):
-        recurrent = facts.get("recurrent") or (state and heads_kv[il] == 0)
-        if recurrent:
-            out.append(LayerKV(il, "recurrent", 0, 0, None, state))
-        elif heads_kv[il] == 0:
-            out.append(LayerKV(il, "none", 0, 0, None, 0))
+        st = state if lay.recurrent[il] else 0
+        if not lay.kv[il]:
+            out.append(LayerKV(il, "recurrent" if st else "none", 0, 0, None, st))
         elif is_swa[il]:
             out.append(LayerKV(il, "swa", _type_row_bytes(type_k, heads_kv[il] * hk_swa),
-                               _type_row_bytes(type_v, heads_kv[il] * hv_swa), window, 0))
+                               _type_row_bytes(type_v, heads_kv[il] * hv_swa), window, st))
         elif mla:  # the V cache is a view of K: no V bytes
-            out.append(LayerKV(il, "mla", _type_row_bytes(type_k, heads_kv[il] * hk), 0, None, 0))
+            out.append(LayerKV(il, "mla", _type_row_bytes(type_k, heads_kv[il] * hk), 0, None, st))
         else:
             out.append(LayerKV(il, "full", _type_row_bytes(type_k, heads_kv[il] * hk),
-                               _type_row_bytes(type_v, heads_kv[il] * hv), None, 0))
+                               _type_row_bytes(type_v, heads_kv[il] * hv), None, st))
     return tuple(out)
-
-
-def _recurrent_state_bytes(facts: Mapping[str, Any]) -> int:
-    # f32 states: llama_hparams::n_embd_r() (conv) + n_embd_s() (ssm / wkv)
-    n_embd = facts.get("embedding_length") or 0
-    if facts.get("wkv_head_size"):
-        r = (facts.get("token_shift_count") or 2) * n_embd
-        s = n_embd * facts["wkv_head_size"]
-        return 4 * (r + s)
-    d_conv, d_inner = facts.get("ssm_conv_kernel") or 0, facts.get("ssm_inner_size") or 0
-    d_state, n_group = facts.get("ssm_state_size") or 0, facts.get("ssm_group_count") or 0
-    if not d_inner:
-        return 0
-    r = (d_conv - 1 if d_conv > 0 else 0) * (d_inner + 2 * n_group * d_state)
-    s = d_state * d_inner
-    return 4 * (r + s)

@@ -27,8 +27,10 @@ def context_bytes_by_device(table: LayoutTable, pl: Placement, n_gpus: int) -> l
     n_ctx_seq = n_ctx if pl.kv_unified else n_ctx // n_seq
     for l in table.kv_layers(pl.type_k, pl.type_v):
         dev = 0 if pl.no_kv_offload else _layer_device(l.layer, table.n_layer, pl.ngl, n_gpus, pl.splits)
-        if l.kind == "recurrent":  # one state row per sequence (llama-memory-recurrent.cpp)
-            out[dev] += l.state_bytes_per_seq * n_seq
+        # recurrent state: one f32 row per sequence, mem_size = max(1, n_seq_max) whether or not the KV is unified
+        # (llama-model.cpp create_memory, llama-memory-recurrent.cpp); a layer may hold state and KV (falcon-h1)
+        out[dev] += l.state_bytes_per_seq * n_seq
+        if l.kind in ("recurrent", "none"):
             continue
         cells = n_ctx_seq
         if l.kind == "swa" and l.window and not pl.swa_full:

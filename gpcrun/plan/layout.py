@@ -16,22 +16,40 @@ import re
 from typing import Sequence
 
 from ..model import ModelInfo
+from ..model.layouts import MTP_SKIPPED
 from .constants import EXPS_REGEX
 from .types import Placement
+
+
+# architectures whose output norm is stored as token_embd_norm (LLM_TENSOR_OUTPUT_NORM_LFM2, llama-arch.cpp): an
+# output-layer tensor there, an input-layer one elsewhere
+_OUTPUT_EMBD_NORM = frozenset(("lfm2", "lfm2moe"))
+
+
+def loaded_tensors(model: ModelInfo, load_mtp: bool = False) -> tuple:
+    """The model's tensors less those llama.cpp skips: the NextN/MTP blocks (index >= block_count -
+    nextn_predict_layers) of the architectures that load them only for MTP speculation (layouts.MTP_SKIPPED)."""
+    f = model.facts
+    n_trunk = int(f.get("block_count") or 0) - int(f.get("nextn_predict_layers") or 0)
+    if load_mtp or not f.get("nextn_predict_layers") or f.get("architecture") not in MTP_SKIPPED:
+        return tuple(model.tensors)
+    return tuple(t for t in model.tensors if t.layer is None or t.layer < n_trunk)
 
 
 class LayoutTable:
     """Per-layer byte sums the search needs, computed once per model (and per user -ot list)."""
 
     def __init__(self, model: ModelInfo, overrides: Sequence[tuple[str, str]] = (), n_gpus: int = 0,
-                 repack_types: frozenset = frozenset()):
+                 repack_types: frozenset = frozenset(), load_mtp: bool = False):
         f = model.facts
         self.model = model
         self.n_layer = int(f.get("block_count") or 0)
+        # the tensors llama.cpp loads: NextN/MTP blocks are skipped unless llama-server runs MTP (layouts.py)
+        self.tensors = loaded_tensors(model, load_mtp)
         self.n_expert = f.get("expert_count") or 0
         self.n_expert_used = f.get("expert_used_count") or 0
         self.n_vocab = f.get("vocab_size") or 0
-        names = {t.name for t in model.tensors}
+        names = {t.name for t in self.tensors}
         self.tied_output = "output.weight" not in names and "token_embd.weight" in names
         frac = (self.n_expert_used / self.n_expert) if self.n_expert else 1.0
         user = [(re.compile(p), _buft_device(b, n_gpus)) for p, b in overrides]
@@ -49,7 +67,8 @@ class LayoutTable:
         self.embd_bytes = 0
         self.embd_row_bytes = 0
         self.is_moe = False
-        for t in model.tensors:
+        arch = f.get("architecture")
+        for t in self.tensors:
             is_exps = bool(re.search(EXPS_REGEX, t.name))
             self.is_moe |= is_exps
             read = int(t.n_bytes * frac) if is_exps else t.n_bytes
@@ -66,7 +85,7 @@ class LayoutTable:
                 continue
             if t.layer is not None and t.layer < L:
                 row = self.layer[t.layer]
-            elif t.name.startswith("output"):
+            elif t.name.startswith("output") or (t.name == "token_embd_norm.weight" and arch in _OUTPUT_EMBD_NORM):
                 row = self.layer[L]
             else:  # input layer and other globals stay on the CPU
                 self.fixed.append((0, t.n_bytes, read))

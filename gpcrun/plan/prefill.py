@@ -73,7 +73,7 @@ def prefill_tok_s(table, target, pl, n_gpus: int, threads_batch: int, threads: i
     host-to-device rate, which only a GPU can measure. A ggml-rpc-server has no offload_op (ggml-rpc.cpp): each
     device computes its own layers."""
     where = dict(device_of=lambda t: tensor_device(table, pl, n_gpus, t), n_devices=n_gpus + 1)
-    shape = (table.model.tensors, table.n_layer, table.n_expert, table.n_expert_used, table.tied_output)
+    shape = (table.tensors, table.n_layer, table.n_expert, table.n_expert_used, table.tied_output)
     params, once = batch_params(*shape, **where), one_token_bytes(*shape, **where)
     if params[0] and any(d.kind == "gpu" and not d.name.startswith("RPC") for d in target.gpus):
         return None

@@ -66,6 +66,7 @@ class Pinned:
     cache_ram_mib: int | None = None  # -cram / LLAMA_ARG_CACHE_RAM (MiB; -1 unlimited, 0 off)
     threads: int | None = None  # -t / LLAMA_ARG_THREADS (<= 0: llama-server's default, like unset)
     threads_batch: int | None = None  # -tb (unset: the same as -t, common.cpp postprocess_cpu_params)
+    load_mtp: bool = False  # --spec-type draft-mtp: llama.cpp loads the NextN/MTP blocks (common.cpp:1683)
     passthrough: tuple[str, ...] = ()
 
 
@@ -118,6 +119,7 @@ def pinned_from(sa: ServerArgs) -> Pinned:
     p["threads"] = t if t is not None and t > 0 else None
     tb = sa.int_value("threads-batch")
     p["threads_batch"] = tb if tb is not None and tb > 0 else None
+    p["load_mtp"] = any("draft-mtp" in str(v).split(",") for v in sa.values("spec-type"))
     return Pinned(passthrough=tuple(sa.argv()), **p)
 
 

@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import Iterable, Sequence
 
 from ..model import ModelInfo
+from ..model.layouts import layout_notes
 from .speed import Calibration, forecast
 from .layout import LayoutTable, repack_types_for
 from .memory import memory_map
@@ -179,7 +180,14 @@ def _without_auto_ngl(args: Sequence[str]) -> list[str]:
 
 
 def make_plan(model: ModelInfo, target: Target, req: Request, calibration: Calibration | None = None) -> Plan:
-    table = LayoutTable(model, req.pinned.overrides, len(target.gpus), repack_types_for(target.cpu_isa))
+    plan = _make_plan(model, target, req, calibration)
+    notes = layout_notes(model.facts, model.tensors, req.pinned.load_mtp)
+    return replace(plan, notes=notes) if notes else plan
+
+
+def _make_plan(model: ModelInfo, target: Target, req: Request, calibration: Calibration | None = None) -> Plan:
+    table = LayoutTable(model, req.pinned.overrides, len(target.gpus), repack_types_for(target.cpu_isa),
+                        load_mtp=req.pinned.load_mtp)
     n = 0
     best = best_any = closest = None
     kvs = _kv_candidates(req)

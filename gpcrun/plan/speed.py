@@ -19,9 +19,8 @@ def bytes_read_per_token(table: LayoutTable, pl: Placement, n_gpus: int, kv_fill
     _, out = table.weights_by_device(pl, n_gpus)
     for l in table.kv_layers(pl.type_k, pl.type_v):
         dev = 0 if pl.no_kv_offload else _layer_device(l.layer, table.n_layer, pl.ngl, n_gpus, pl.splits)
-        if l.kind == "recurrent":
-            out[dev] += l.state_bytes_per_seq
-        else:
+        out[dev] += l.state_bytes_per_seq  # a recurrent layer reads and writes its state once per token
+        if l.kind not in ("recurrent", "none"):
             fill = min(kv_fill, l.window) if (l.kind == "swa" and l.window) else kv_fill
             out[dev] += (l.k_bytes_per_token + l.v_bytes_per_token) * fill
     return out
@@ -174,7 +173,7 @@ def forecast(table: LayoutTable, target: Target, pl: Placement, req: Request,
     if gpu_flops and pl.ngl > table.n_layer and pl.n_cpu_moe == 0:
         # prefill ceiling: 2 FLOP per weight a batch token computes with (plan/prefill.py) at the spec-sheet
         # FP16 rate
-        params = sum(batch_params(table.model.tensors, table.n_layer, table.n_expert, table.n_expert_used,
+        params = sum(batch_params(table.tensors, table.n_layer, table.n_expert, table.n_expert_used,
                                   table.tied_output))
         flops = gpu_flops[0] / (2 * params) if params else None
     if unknown or t_ceiling == 0:
@@ -215,7 +214,7 @@ def _type_bytes(table: LayoutTable, pl: Placement, n_gpus: int, dev: int, active
     per_token: what a token reads, so not an untied input embedding (one row is looked up)."""
     frac = (table.n_expert_used / table.n_expert) if table.n_expert else 1.0
     out: dict[str, int] = {}
-    for t in table.model.tensors:
+    for t in table.tensors:
         if per_token and t.name == "token_embd.weight" and not table.tied_output:
             continue
         expert = bool(t.role == "routed_experts" and re.search(EXPS_REGEX, t.name))

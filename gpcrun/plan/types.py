@@ -114,6 +114,7 @@ class Plan:
     argv: tuple[str, ...]
     target: Target
     candidates_evaluated: int
+    notes: tuple[str, ...] = ()  # what the plan could not model exactly (an architecture's memory layout ...)
 
     def to_json(self) -> dict:
         def ev(e: Evaluation | None):
@@ -125,7 +126,7 @@ class Plan:
                 "plan": ev(self.chosen), "nearest": ev(self.nearest), "argv": list(self.argv),
                 "target": {"fingerprint": self.target.fingerprint, "threads": self.target.threads,
                            "devices": [_device_json(d) for d in self.target.devices]},
-                "candidates_evaluated": self.candidates_evaluated}
+                "candidates_evaluated": self.candidates_evaluated, **({"notes": list(self.notes)} if self.notes else {})}
 
 
 def _device_json(d) -> dict:

@@ -1,0 +1,127 @@
+"""Which layers hold KV and which recurrent state, by architecture (gpcrun/model/layouts.py), against the rules of
+the pinned llama.cpp (src/models/*.cpp load_hparams, llama-model.cpp create_memory, llama-hparams.cpp n_embd_r/s)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from gpcrun.errors import GGUFError
+from gpcrun.model.kvcache import kv_cache_layers
+from gpcrun.model.layouts import layout, layout_notes, state_elems
+
+SSM = {"ssm_conv_kernel": 4, "ssm_inner_size": 512, "ssm_state_size": 64, "ssm_group_count": 2,
+       "ssm_time_step_rank": 8}
+ATTN = {"embedding_length": 256, "head_count": 4, "head_count_kv": 2, "key_length": 64, "value_length": 64}
+MAMBA2_R = 3 * (512 + 2 * 2 * 64)  # (d_conv - 1) * (d_inner + 2 * n_group * d_state)
+MAMBA2_S = 64 * 512  # d_state * d_inner
+
+
+def _kinds(facts) -> list[str]:
+    lay = layout(facts)
+    return ["kv+state" if k and r else "kv" if k else "state" if r else "-" for k, r in zip(lay.kv, lay.recurrent)]
+
+
+def test_qwen35_every_fourth_layer_attends_and_nextn_blocks_hold_nothing():
+    """qwen35.cpp:17-23: recurrent unless (i + 1) % full_attention_interval == 0, default 4; NextN blocks are in
+    neither cache (llama-model.cpp:2705 filters il < n_layer())."""
+    f = {"architecture": "qwen35", "block_count": 9, "nextn_predict_layers": 1, **ATTN, **SSM}
+    assert _kinds(f) == ["state", "state", "state", "kv", "state", "state", "state", "kv", "-"]
+    assert layout(f).n_trunk == 8
+    assert (layout(f).r_elems, layout(f).s_elems) == (MAMBA2_R, MAMBA2_S)
+    assert _kinds({**f, "full_attention_interval": 2})[:4] == ["state", "kv", "state", "kv"]
+    given = (1, 1, 0, 0, 1, 1, 0, 0, 0)
+    assert _kinds({**f, "recurrent_layers": given})[:8] == ["state", "state", "kv", "kv", "state", "state", "kv", "kv"]
+
+
+def test_minimax01_lightning_state_and_interval_8():
+    f = {"architecture": "minimax-01", "block_count": 8, **ATTN}
+    assert _kinds(f) == ["state"] * 7 + ["kv"]
+    assert state_elems(f) == (0, 64 * 64 * 4)  # n_embd_head_la^2 * n_head; no conv state
+
+
+def test_kda_family_marks_recurrent_by_zero_kv_heads_and_keeps_kv_for_nextn():
+    """kimi-linear.cpp:17-19 (n_head_kv(i) == 0 for i < n_layer()); no filters, so a NextN block with heads has a
+    K-only cache (is_mla); state 3 (d_conv-1) n_head kda_head_dim and kda_head_dim^2 n_head."""
+    f = {"architecture": "bailingmoe3", "block_count": 5, "nextn_predict_layers": 1, "embedding_length": 256,
+         "head_count": 4, "head_count_kv": (0, 0, 1, 0, 1), "key_length": 96, "value_length": 64,
+         "key_length_mla": 96, "value_length_mla": 64, "kda_head_dim": 32, "ssm_conv_kernel": 4}
+    assert _kinds(f) == ["state", "state", "kv", "state", "kv"]
+    assert state_elems(f) == (3 * 3 * 4 * 32, 32 * 32 * 4)
+    kv = kv_cache_layers(f)
+    assert [l.kind for l in kv] == ["recurrent", "recurrent", "mla", "recurrent", "mla"]
+    assert kv[2].v_bytes_per_token == 0 and kv[2].k_bytes_per_token == 96 * 2
+
+
+def test_nemotron_h_mlp_layers_hold_nothing():
+    """nemotron-h: recurrent when n_head_kv == 0 and n_ff == 0; attention when not recurrent and n_ff == 0."""
+    f = {"architecture": "nemotron_h", "block_count": 4, **ATTN, **SSM, "head_count_kv": (0, 0, 2, 0),
+         "feed_forward_length": (0, 512, 0, 0)}
+    assert _kinds(f) == ["state", "-", "kv", "state"]
+
+
+def test_falcon_h1_every_layer_holds_both():
+    f = {"architecture": "falcon-h1", "block_count": 3, **ATTN, **SSM}
+    assert _kinds(f) == ["kv+state"] * 3
+    kv = kv_cache_layers(f)
+    assert all(l.kind == "full" and l.state_bytes_per_seq == 4 * (MAMBA2_R + MAMBA2_S) for l in kv)
+
+
+def test_lfm2_short_conv_state_and_sliding_window_on_every_attention_layer():
+    f = {"architecture": "lfm2", "block_count": 4, **ATTN, "head_count_kv": (0, 2, 0, 2), "shortconv_l_cache": 3}
+    assert _kinds(f) == ["state", "kv", "state", "kv"]
+    assert state_elems(f) == (256 * 2, 0)  # n_embd * (l_cache - 1); no s state
+    swa = kv_cache_layers({**f, "sliding_window": 512})  # lfm2.cpp:26-31
+    assert [l.kind for l in swa] == ["recurrent", "swa", "recurrent", "swa"]
+
+
+def test_plain_models_keep_nextn_blocks_out_of_the_kv_cache():
+    """llama-model.cpp:2814-2819: with NextN layers the main context's cache filters il < n_layer()."""
+    f = {"architecture": "glm4moe", "block_count": 4, "nextn_predict_layers": 1, **ATTN}
+    assert _kinds(f) == ["kv", "kv", "kv", "-"]
+    assert layout(f).approximate is None
+
+
+def _t(name: str, layer: int | None, n: int = 1 << 20):
+    return SimpleNamespace(name=name, layer=layer, n_bytes=n)
+
+
+def test_notes_name_what_is_not_modelled_and_what_is_not_loaded():
+    assert "approximate: qwen4exp" in layout_notes({"architecture": "qwen4exp", "block_count": 4, **ATTN})[0]
+    f = {"architecture": "qwen35", "block_count": 3, "nextn_predict_layers": 1, **ATTN, **SSM}
+    tensors = [_t("blk.0.attn_q.weight", 0), _t("blk.2.attn_q.weight", 2), _t("blk.2.nextn.eh_proj.weight", 2)]
+    (note,) = layout_notes(f, tensors)
+    assert note.startswith("1 NextN/MTP block(s) (2.0 MiB) are not loaded") and "--spec-type draft-mtp" in note
+    assert layout_notes(f, tensors, load_mtp=True) == ()
+    assert layout_notes({"architecture": "llama", "block_count": 2, **ATTN}) == ()
+
+
+def _write(path, n_layer: int, nextn: int, tensors) -> None:
+    import numpy as np
+    from gguf import GGUFValueType as V
+    from tests.gguf_factory import KV, T, llama_kvs, write_gguf
+    kvs = llama_kvs(n_layer, arch="qwen35") + [KV("qwen35.nextn_predict_layers", V.UINT32, nextn)]
+    write_gguf(path, kvs, [T(n, np.zeros(shape, np.float32)) for n, shape in tensors], arch="qwen35")
+
+
+def test_mtp_blocks_are_not_counted_as_weights_unless_loaded(tmp_path):
+    """A qwen35 file with one NextN block: the plan's tables leave its tensors out unless --spec-type draft-mtp."""
+    from gpcrun.model import load_model
+    from gpcrun.plan.layout import LayoutTable
+    from gpcrun.plan.request import parse_server_args
+    path = tmp_path / "m.gguf"
+    _write(path, 2, 1, [("token_embd.weight", (32, 64)), ("blk.0.attn_q.weight", (64, 64)),
+                        ("blk.1.attn_q.weight", (64, 64)), ("blk.1.nextn.eh_proj.weight", (64, 128))])
+    info = load_model(str(path))
+    assert {t.name for t in LayoutTable(info).tensors} == {"token_embd.weight", "blk.0.attn_q.weight"}
+    assert len(LayoutTable(info, load_mtp=True).tensors) == 4
+    assert parse_server_args(["--spec-type", "ngram-simple,draft-mtp"]).load_mtp
+    assert not parse_server_args([]).load_mtp
+
+
+def test_more_nextn_blocks_than_blocks_is_refused(tmp_path):
+    from gpcrun.model import load_model
+    path = tmp_path / "m.gguf"
+    _write(path, 2, 3, [("token_embd.weight", (32, 64))])
+    with pytest.raises(GGUFError, match="nextn_predict_layers is 3"):
+        load_model(str(path))
