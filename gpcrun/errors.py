@@ -109,6 +109,13 @@ class HubError(GpcrunError):
     exit = Exit.HUB
 
 
+class DeviceListError(GpcrunError):
+    """llama.cpp could not list the devices the user's flags name (an RPC server that does not answer ...): the
+    server would fail to load the same way."""
+
+    exit = Exit.LOAD_FAILED
+
+
 class BenchError(GpcrunError):
     """The server answered something the benchmark cannot use (an error status, missing timings, a cached prompt)."""
 

@@ -224,11 +224,39 @@ def _extras_and_cache(plan, request, sa, model: ResolvedModel | None = None):
     return lines, plan_prompt_cache(room_after(plan, lines), request.pinned.cache_ram_mib)
 
 
-def _planned(model: ResolvedModel, request, target, sa):
+def with_llama_devices(target, sa, device_memory: Mapping[str, int] | None = None, server_bin: str | None = None):
+    """The target plus the devices the user's own flags bring, as llama.cpp lists them: `--rpc HOST:PORT,...`
+    adds each ggml-rpc-server's device (RPC0 ...) with the memory it reports, ahead of local GPUs as llama.cpp
+    orders them (hardware/llama_devices.py). device_memory: NAME -> bytes the user allows on a device (`gpcrun
+    plan --device-memory RPC0=MIB`), at most what it reports free."""
+    from dataclasses import replace
+
+    from .hardware.llama_devices import list_devices
+    from .launch.binary import find_tool
+    from .plan import DeviceTarget
+    rpc = [str(v) for v in sa.values("rpc")] if sa is not None else []
+    if not rpc:
+        return target
+    found = list_devices(server_bin or str(find_tool("llama-server")), ["--rpc", ",".join(rpc)])
+    caps = dict(device_memory or {})
+    gpus = []
+    for d in found:
+        if d.backend != "RPC":
+            continue
+        free = min(d.free_bytes, caps[d.name]) if d.name in caps else d.free_bytes
+        src = (f"llama-server --list-devices: {d.name} {d.description} ({d.total_bytes >> 20} MiB, {d.free_bytes >> 20}"
+               " MiB free)" + (f"; --device-memory {caps[d.name] >> 20} MiB" if d.name in caps else "")
+               + "; bandwidth and network rate not measured")
+        gpus.append(DeviceTarget(d.name, "gpu", free, None, 0, None, src))
+    return replace(target, gpus=(*gpus, *target.gpus))
+
+
+def _planned(model: ResolvedModel, request, target, sa, device_memory: Mapping[str, int] | None = None):
     """(the plan, its extra-file lines, its prompt cache): the extras' headers are read once per plan."""
     from .plan import apply_extras, apply_prompt_cache, make_plan
     target = target if target is not None else build_target(types=model_types(model.info),
                                                             head_dims=model_head_dims(model.info))
+    target = with_llama_devices(target, sa, device_memory)
     plan = make_plan(model.info, target, request, load_calibration(model.info, target, request.pinned))
     lines, pc = _extras_and_cache(plan, request, sa, model)
     return apply_prompt_cache(apply_extras(plan, lines), pc), lines, pc
@@ -240,9 +268,10 @@ def plan_model(model: ResolvedModel, request, target=None, sa=None):
     return _planned(model, request, target, sa)[0]
 
 
-def plan_with_document(model: ResolvedModel, request, sa, target=None, requested: dict | None = None):
+def plan_with_document(model: ResolvedModel, request, sa, target=None, requested: dict | None = None,
+                       device_memory: Mapping[str, int] | None = None):
     """(plan, plan.json document) in one pass: what serve, bench, batch and `gpcrun plan` write and print."""
-    plan, lines, pc = _planned(model, request, target, sa)
+    plan, lines, pc = _planned(model, request, target, sa, device_memory)
     return plan, _document(plan, sa, model, requested, lines, pc)
 
 

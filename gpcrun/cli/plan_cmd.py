@@ -30,10 +30,13 @@ from .params import FiniteFloat
               help="The host's llama-server default -t (its physical cores) for a machine you describe.")
 @click.option("--cpu-bandwidth", type=FiniteFloat(min=0.001), default=None,
               help="The host's decode read rate in GB/s (what llama.cpp achieves there) instead of measured rates.")
+@click.option("--device-memory", "device_memory", multiple=True, metavar="NAME=MIB",
+              help="Use at most MIB on llama.cpp's device NAME (e.g. RPC0=20480 for a ggml-rpc-server given with"
+                   " --rpc); repeat per device.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (schema gpcrun.plan/1).")
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
 def plan_cmd(model, ctx, kv_type, parallel, floor, margin, vram, gpu, refresh, profile_file, cpu_threads,
-             cpu_bandwidth, as_json, server_args):
+             cpu_bandwidth, device_memory, as_json, server_args):
     """Plan how to run MODEL with llama-server; arguments after -- are pinned and passed through.
 
     MODEL is a path, or a hub ref (hf://OWNER/REPO[@REV]/FILE.gguf, OWNER/REPO[:QUANT]): its header only is read."""
@@ -50,7 +53,8 @@ def plan_cmd(model, ctx, kv_type, parallel, floor, margin, vram, gpu, refresh, p
     target = build_target(vram, gpu, refresh, model_types(resolved.info), profile_file, cpu_threads, cpu_bandwidth,
                           model_head_dims(resolved.info))
     runnable, doc = plan_with_document(resolved, req, sa, target,
-                                       {"ctx": ctx, "kv_type": kv_type, "parallel": parallel})
+                                       {"ctx": ctx, "kv_type": kv_type, "parallel": parallel},
+                                       device_memory=_device_memory(device_memory))
     changes = doc["changes"]
     plan = shown_plan(resolved, runnable)
     hub = resolved.hub
@@ -61,6 +65,16 @@ def plan_cmd(model, ctx, kv_type, parallel, floor, margin, vram, gpu, refresh, p
         click.echo(render_plan(plan, render_changes(changes)) + ("\n" + describe(hub) if hub else ""))
     if plan.verdict != "ship":
         raise SystemExit(Exit.REFUSED.code)
+
+
+def _device_memory(items) -> dict[str, int]:
+    out = {}
+    for item in items:
+        name, sep, mib = item.partition("=")
+        if not sep or not name or not mib.strip().isdigit():
+            raise click.BadParameter(f"{item!r}: expected NAME=MIB, e.g. RPC0=20480", param_hint="--device-memory")
+        out[name.strip()] = int(mib) * (1 << 20)
+    return out
 
 
 def render_plan(plan, changes_text: str = "") -> str:

@@ -1,0 +1,103 @@
+"""Devices from llama.cpp's own list (hardware/llama_devices.py): `--rpc` servers become planning devices, the plan
+spreads a model over two ggml-rpc-servers capped below its size, and the real llama-server loads that plan with
+the bytes per device the plan says."""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+import subprocess
+import time
+
+import pytest
+
+from gpcrun.hardware.llama_devices import parse_list_devices
+from tests.llama_server import RealServer, free_port
+
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Available devices:\n  (none)\n", []),
+    ("Available devices:\n  RPC0: 127.0.0.1:50554 (24105 MiB, 24105 MiB free)\n",
+     [("RPC0", "127.0.0.1:50554", 24105, 24105)]),
+    ("ggml_cuda_init: found 1 CUDA devices\nAvailable devices:\n"
+     "  CUDA0: NVIDIA GeForce RTX 4090 (rev a1) (24563 MiB, 23012 MiB free)\n"
+     "  Vulkan0: AMD Radeon 780M (Graphics) (16384 MiB, 12000 MiB free)\n",
+     [("CUDA0", "NVIDIA GeForce RTX 4090 (rev a1)", 24563, 23012), ("Vulkan0", "AMD Radeon 780M (Graphics)", 16384,
+                                                                    12000)]),
+])
+def test_parse_list_devices(text, want):
+    got = [(d.name, d.description, d.total_bytes // MIB, d.free_bytes // MIB) for d in parse_list_devices(text)]
+    assert got == want
+
+
+@contextlib.contextmanager
+def _rpc_servers(bin_dir, n: int):
+    procs, ports = [], []
+    try:
+        for _ in range(n):
+            port = free_port()
+            procs.append(subprocess.Popen([str(bin_dir / "ggml-rpc-server"), "-H", "127.0.0.1", "-p", str(port),
+                                           "-t", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            ports.append(port)
+        deadline = time.monotonic() + 20
+        for port in ports:
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "ggml-rpc-server did not listen"
+                    time.sleep(0.05)
+        yield ",".join(f"127.0.0.1:{p}" for p in ports)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def _gpcrun(*args, env=None):
+    import os
+    import sys
+    e = dict(os.environ, GPCRUN_CALIBRATE="off", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "gpcrun", *args], capture_output=True, text=True, env=e, timeout=300)
+
+
+@pytest.mark.server
+def test_a_model_split_over_two_capped_rpc_servers_loads_as_planned(llama_bin_dir, llama_server_bin, tiny_models,
+                                                                      tmp_path):
+    """Each rpc server may hold 10 MiB, less than the 12.7 MiB model: the plan uses both (and the host), and
+    llama-server loads exactly that: model and KV bytes per device as planned (2-decimal MiB rounding)."""
+    model = tiny_models["tiny-llama-f16"]
+    with _rpc_servers(llama_bin_dir, 2) as endpoints:
+        p = _gpcrun("plan", str(model), "--margin", "0", "--device-memory", "RPC0=10", "--device-memory", "RPC1=10",
+                    "--json", "--", "--rpc", endpoints, "-c", "2048",
+                    env={"GPCRUN_LLAMA_SERVER": str(llama_server_bin)})
+        assert p.returncode == 0, p.stderr
+        plan = json.loads(p.stdout)
+        mem = {m["device"]: m for m in plan["plan"]["memory"]}
+        assert set(mem) == {"CPU", "RPC0", "RPC1"}
+        assert mem["RPC0"]["model_bytes"] > 0 and mem["RPC1"]["model_bytes"] > 0
+        assert all(mem[d]["total_bytes"] <= 10 * MIB for d in ("RPC0", "RPC1"))
+        argv = plan["argv"][2:]  # after -m MODEL
+        with RealServer(llama_server_bin, model, *argv, "-lv", "4", "--no-warmup",
+                        log_path=tmp_path / "server.log") as srv:
+            log = srv.log()
+    got: dict[str, dict[str, float]] = {}
+    for dev, col, mib in re.findall(r"(\S+) (model|KV) buffer size =\s+([\d.]+) MiB", log):
+        name = "CPU" if dev.startswith("CPU") else ("RPC0" if endpoints.split(",")[0] in dev else "RPC1")
+        got.setdefault(name, {})[col] = got.get(name, {}).get(col, 0.0) + float(mib)
+    for name, m in mem.items():
+        assert abs(got.get(name, {}).get("model", 0.0) - m["model_bytes"] / MIB) <= 0.006, (name, got, m)
+        assert abs(got.get(name, {}).get("KV", 0.0) - m["context_bytes"] / MIB) <= 0.006, (name, got, m)
+
+
+def test_an_rpc_server_that_does_not_answer_is_exit_11_in_one_line(tiny_models, llama_server_bin):
+    port = free_port()  # nothing listens there
+    p = _gpcrun("plan", str(tiny_models["tiny-llama-q8_0"]), "--", "--rpc", f"127.0.0.1:{port}",
+                env={"GPCRUN_LLAMA_SERVER": str(llama_server_bin)})
+    assert p.returncode == 11, p.stderr
+    assert f"Failed to connect to 127.0.0.1:{port}" in p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
