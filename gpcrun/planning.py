@@ -234,9 +234,10 @@ def with_llama_devices(target, sa, device_memory: Mapping[str, int] | None = Non
     from .hardware.llama_devices import list_devices
     from .launch.binary import find_tool
     from .plan import DeviceTarget
-    rpc = [str(v) for v in sa.values("rpc")] if sa is not None else []
+    rpc = [str(v) for v in sa.values("rpc")] if sa is not None else []  # each --rpc adds servers (arg.cpp)
+    wanted = (sa.value("device") or "").split(",") if sa is not None and sa.value("device") else None
     if not rpc:
-        return target
+        return _only(target, wanted)
     found = list_devices(server_bin or str(find_tool("llama-server")), ["--rpc", ",".join(rpc)])
     caps = dict(device_memory or {})
     gpus = []
@@ -248,7 +249,30 @@ def with_llama_devices(target, sa, device_memory: Mapping[str, int] | None = Non
                " MiB free)" + (f"; --device-memory {caps[d.name] >> 20} MiB" if d.name in caps else "")
                + "; bandwidth and network rate not measured")
         gpus.append(DeviceTarget(d.name, "gpu", free, None, 0, None, src))
-    return replace(target, gpus=(*gpus, *target.gpus))
+    return _only(replace(target, gpus=(*gpus, *target.gpus)), wanted)
+
+
+def _only(target, wanted):
+    """`--device A,B` offloads to those devices only, in that order; `--device none` to none (arg.cpp
+    parse_device_list)."""
+    from dataclasses import replace
+    if wanted is None:
+        return target
+    by_name = {g.name: g for g in target.gpus}
+    return replace(target, gpus=tuple(by_name[n] for n in wanted if n in by_name))
+
+
+def _with_watch_note(plan):
+    """Say which devices the watchdog cannot watch: an RPC device's memory is on another host (llama.cpp's own
+    allocation failure there ends a load: exit 11)."""
+    from dataclasses import replace
+    ev = plan.chosen or plan.nearest
+    remote = [m.device for m in (ev.memory if ev else ()) if m.device.startswith("RPC") and m.total_bytes]
+    if not remote:
+        return plan
+    note = (f"the watchdog watches this host's memory (and NVIDIA GPUs through NVML), not {', '.join(remote)}: that"
+            " memory is on another host; an allocation that fails there ends the load (exit 11)")
+    return replace(plan, notes=(*plan.notes, note))
 
 
 def _planned(model: ResolvedModel, request, target, sa, device_memory: Mapping[str, int] | None = None):
@@ -258,6 +282,7 @@ def _planned(model: ResolvedModel, request, target, sa, device_memory: Mapping[s
                                                             head_dims=model_head_dims(model.info))
     target = with_llama_devices(target, sa, device_memory)
     plan = make_plan(model.info, target, request, load_calibration(model.info, target, request.pinned))
+    plan = _with_watch_note(plan)
     lines, pc = _extras_and_cache(plan, request, sa, model)
     return apply_prompt_cache(apply_extras(plan, lines), pc), lines, pc
 

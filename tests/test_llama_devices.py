@@ -101,3 +101,15 @@ def test_an_rpc_server_that_does_not_answer_is_exit_11_in_one_line(tiny_models, 
     assert p.returncode == 11, p.stderr
     assert f"Failed to connect to 127.0.0.1:{port}" in p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_device_flag_keeps_only_the_named_devices():
+    """`--device RPC1` offloads to RPC1 only; `--device none` to nothing (common/arg.cpp parse_device_list)."""
+    from gpcrun.plan import DeviceTarget, Target
+    from gpcrun.planning import _only
+    host = DeviceTarget("CPU", "host", 1 << 30, 1e10)
+    t = Target(host, (DeviceTarget("RPC0", "gpu", 1, None), DeviceTarget("RPC1", "gpu", 2, None),
+                      DeviceTarget("CUDA0", "gpu", 3, None)))
+    assert [g.name for g in _only(t, ["RPC1", "CUDA0"]).gpus] == ["RPC1", "CUDA0"]
+    assert _only(t, ["none"]).gpus == ()
+    assert _only(t, None) is t
