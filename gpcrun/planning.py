@@ -134,8 +134,12 @@ def build_target(vram: Sequence[int] = (), gpu: Sequence[str] = (), refresh: boo
     else:
         doc = get_profile(refresh=refresh).to_json()
         cal = None if cpu_bandwidth_gbs else host_calibration(doc, types, head_dims)
-    return target_from_profile(doc, vram_mib=list(vram), specs=specs, calibration=cal, cpu_threads=cpu_threads,
-                               cpu_rate_bytes_per_s=cpu_bandwidth_gbs * 1e9 if cpu_bandwidth_gbs else None)
+    target = target_from_profile(doc, vram_mib=list(vram), specs=specs, calibration=cal, cpu_threads=cpu_threads,
+                                 cpu_rate_bytes_per_s=cpu_bandwidth_gbs * 1e9 if cpu_bandwidth_gbs else None)
+    if not (specs or vram or profile_file or cpu_bandwidth_gbs) and not target.gpus:
+        from .devices import with_local_llama_gpus
+        target = with_local_llama_gpus(target)
+    return target
 
 
 def _read_profile_file(path: str) -> dict:
@@ -224,65 +228,16 @@ def _extras_and_cache(plan, request, sa, model: ResolvedModel | None = None):
     return lines, plan_prompt_cache(room_after(plan, lines), request.pinned.cache_ram_mib)
 
 
-def with_llama_devices(target, sa, device_memory: Mapping[str, int] | None = None, server_bin: str | None = None):
-    """The target plus the devices the user's own flags bring, as llama.cpp lists them: `--rpc HOST:PORT,...`
-    adds each ggml-rpc-server's device (RPC0 ...) with the memory it reports, ahead of local GPUs as llama.cpp
-    orders them (hardware/llama_devices.py). device_memory: NAME -> bytes the user allows on a device (`gpcrun
-    plan --device-memory RPC0=MIB`), at most what it reports free."""
-    from dataclasses import replace
-
-    from .hardware.llama_devices import list_devices
-    from .launch.binary import find_tool
-    from .plan import DeviceTarget
-    rpc = [str(v) for v in sa.values("rpc")] if sa is not None else []  # each --rpc adds servers (arg.cpp)
-    wanted = (sa.value("device") or "").split(",") if sa is not None and sa.value("device") else None
-    if not rpc:
-        return _only(target, wanted)
-    found = list_devices(server_bin or str(find_tool("llama-server")), ["--rpc", ",".join(rpc)])
-    caps = dict(device_memory or {})
-    gpus = []
-    for d in found:
-        if d.backend != "RPC":
-            continue
-        free = min(d.free_bytes, caps[d.name]) if d.name in caps else d.free_bytes
-        src = (f"llama-server --list-devices: {d.name} {d.description} ({d.total_bytes >> 20} MiB, {d.free_bytes >> 20}"
-               " MiB free)" + (f"; --device-memory {caps[d.name] >> 20} MiB" if d.name in caps else "")
-               + "; bandwidth and network rate not measured")
-        gpus.append(DeviceTarget(d.name, "gpu", free, None, 0, None, src))
-    return _only(replace(target, gpus=(*gpus, *target.gpus)), wanted)
-
-
-def _only(target, wanted):
-    """`--device A,B` offloads to those devices only, in that order; `--device none` to none (arg.cpp
-    parse_device_list)."""
-    from dataclasses import replace
-    if wanted is None:
-        return target
-    by_name = {g.name: g for g in target.gpus}
-    return replace(target, gpus=tuple(by_name[n] for n in wanted if n in by_name))
-
-
-def _with_watch_note(plan):
-    """Say which devices the watchdog cannot watch: an RPC device's memory is on another host (llama.cpp's own
-    allocation failure there ends a load: exit 11)."""
-    from dataclasses import replace
-    ev = plan.chosen or plan.nearest
-    remote = [m.device for m in (ev.memory if ev else ()) if m.device.startswith("RPC") and m.total_bytes]
-    if not remote:
-        return plan
-    note = (f"the watchdog watches this host's memory (and NVIDIA GPUs through NVML), not {', '.join(remote)}: that"
-            " memory is on another host; an allocation that fails there ends the load (exit 11)")
-    return replace(plan, notes=(*plan.notes, note))
-
-
 def _planned(model: ResolvedModel, request, target, sa, device_memory: Mapping[str, int] | None = None):
     """(the plan, its extra-file lines, its prompt cache): the extras' headers are read once per plan."""
     from .plan import apply_extras, apply_prompt_cache, make_plan
     target = target if target is not None else build_target(types=model_types(model.info),
                                                             head_dims=model_head_dims(model.info))
-    target = with_llama_devices(target, sa, device_memory)
+    from .devices import with_llama_devices, with_watch_note
+    target = with_llama_devices(target, sa, device_memory, types=model_types(model.info),
+                                head_dims=model_head_dims(model.info))
     plan = make_plan(model.info, target, request, load_calibration(model.info, target, request.pinned))
-    plan = _with_watch_note(plan)
+    plan = with_watch_note(plan)
     lines, pc = _extras_and_cache(plan, request, sa, model)
     return apply_prompt_cache(apply_extras(plan, lines), pc), lines, pc
 

@@ -56,6 +56,25 @@ def gpus_from_profile(doc: Mapping[str, Any]) -> list[DeviceTarget]:
     return out
 
 
+def gpus_from_llama(devices) -> list[DeviceTarget]:
+    """Local GPUs NVML does not know (Vulkan, ROCm/HIP, SYCL, Metal ...) as llama.cpp lists them
+    (hardware/llama_devices.py): its name, the free memory its backend reports, the spec sheet's bandwidth when the
+    description names a known GPU. RPC devices come from the user's --rpc (planning.with_llama_devices)."""
+    out = []
+    for d in devices:
+        if d.backend in ("CPU", "RPC"):
+            continue
+        spec = _spec_for_name(d.description)
+        out.append(DeviceTarget(
+            d.name, "gpu", d.free_bytes, spec.bandwidth_bytes_per_s if spec else None, 0,
+            spec.fp16_tflops * 1e12 if spec else None,
+            f"llama-server --list-devices: {d.name} {d.description} ({d.total_bytes >> 20} MiB, {d.free_bytes >> 20}"
+            f" MiB free); runtime overhead not known for {d.backend}; bandwidth "
+            + (f"spec sheet {spec.name}" if spec else "unknown (no spec for this name)"),
+            layer_fixed_s=spec.layer_fixed_s if spec else None))
+    return out
+
+
 def gpu_from_spec(spec: GpuSpec, index: int, free_bytes: int | None = None) -> DeviceTarget:
     cap = free_bytes if free_bytes is not None else spec.vram_bytes - SPEC_DRIVER_RESERVE_BYTES
     return DeviceTarget(f"CUDA{index}", "gpu", cap, spec.bandwidth_bytes_per_s, DEFAULT_GPU_RUNTIME_OVERHEAD_BYTES,

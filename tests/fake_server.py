@@ -114,6 +114,9 @@ def main(argv: list[str]) -> None:
     if "--help" in argv or "-h" in argv:  # like llama-server: usage, exit 0 (gpcrun reads it for the grammar)
         print("fake llama-server: a test double; see tests/fake_server.py")
         return
+    if "--list-devices" in argv:  # like a CPU-only llama-server build: no device to offload to
+        print("Available devices:\n  (none)")
+        return
     args = parse(argv)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGILL must not leave core files
     t_start = time.monotonic()

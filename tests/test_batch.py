@@ -336,8 +336,9 @@ def test_bad_job_files_exit_7_with_one_line(tmp_path):
 
 def test_dry_run_plans_every_job_shows_refusals_and_starts_nothing(batch, tmp_path, tiny_models):
     marker = tmp_path / "server-started"
-    shim = tmp_path / "llama-server"  # would leave a marker if anything started "llama-server"
-    shim.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    shim = tmp_path / "llama-server"  # would leave a marker if anything started a server (listing devices is not)
+    shim.write_text(f"#!/bin/sh\ncase \"$*\" in *--list-devices*) echo 'Available devices:'; exit 0;; esac\n"
+                    f"touch {marker}\nexit 1\n")
     shim.chmod(0o755)
     jobs = tmp_path / "jobs.toml"
     jobs.write_text(jobs_toml([{"path": str(tiny_models["tiny-llama-q8_0"]), "name": "dense"},

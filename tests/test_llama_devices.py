@@ -106,10 +106,35 @@ def test_an_rpc_server_that_does_not_answer_is_exit_11_in_one_line(tiny_models, 
 def test_device_flag_keeps_only_the_named_devices():
     """`--device RPC1` offloads to RPC1 only; `--device none` to nothing (common/arg.cpp parse_device_list)."""
     from gpcrun.plan import DeviceTarget, Target
-    from gpcrun.planning import _only
+    from gpcrun.devices import only_devices as _only
     host = DeviceTarget("CPU", "host", 1 << 30, 1e10)
     t = Target(host, (DeviceTarget("RPC0", "gpu", 1, None), DeviceTarget("RPC1", "gpu", 2, None),
                       DeviceTarget("CUDA0", "gpu", 3, None)))
     assert [g.name for g in _only(t, ["RPC1", "CUDA0"]).gpus] == ["RPC1", "CUDA0"]
     assert _only(t, ["none"]).gpus == ()
     assert _only(t, None) is t
+
+
+def test_a_gpu_nvml_does_not_know_is_planned_from_llama_cpps_list(tmp_path, monkeypatch, tiny_models):
+    """A Vulkan GPU (a fake llama-server prints its list: no Vulkan device exists on this machine): the plan
+    offloads to it within the memory llama.cpp reports, and says the watchdog cannot read that memory."""
+    from gpcrun.model import load_model
+    from gpcrun.planning import ResolvedModel, build_request, build_target, plan_model
+    from gpcrun.planning import server_args as parse
+    fake = tmp_path / "llama-server"
+    fake.write_text("#!/bin/sh\necho 'Available devices:'\n"
+                    "echo '  Vulkan0: AMD Radeon RX 7900 XTX (RADV NAVI31) (24560 MiB, 24000 MiB free)'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("GPCRUN_LLAMA_SERVER", str(fake))
+    monkeypatch.setenv("GPCRUN_CALIBRATE", "off")
+    target = build_target()
+    (gpu,) = target.gpus
+    assert (gpu.name, gpu.capacity_bytes) == ("Vulkan0", 24000 * MIB)
+    assert gpu.source.startswith("llama-server --list-devices: Vulkan0 AMD Radeon RX 7900 XTX")
+    path = tiny_models["tiny-llama-q8_0"]
+    sa = parse(["-c", "2048"], {})
+    req = build_request(None, None, 1, 1.0, None, sa)
+    plan = plan_model(ResolvedModel(str(path), load_model(str(path)), None), req, target, sa)
+    mem = {m.device: m for m in plan.chosen.memory}
+    assert mem["Vulkan0"].model_bytes > 0
+    assert any("not Vulkan0: no memory reading for that backend" in n for n in plan.notes), plan.notes

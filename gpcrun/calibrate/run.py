@@ -213,10 +213,13 @@ def load_or_calibrate(fingerprint: str, physical_cores: int, llc_bytes: int | No
                         fixed=cached is None, head_dims=missing_hd)
     doc["devices"] = dict((cached or {}).get("devices") or {})
     for name in new_devices:
+        # "RPC@HOST:PORT": a ggml-rpc-server, alone in the llama-bench process (so it is RPC0 there), the network's
+        # latency and rate inside what it measures (crossings, streaming); else a local device by llama.cpp's name
+        dev, place = ("RPC0", device_place("RPC0", name[4:])) if name.startswith("RPC@") else (name, device_place(name))
         try:
             doc["devices"][name] = calibrate(tuple(dict.fromkeys((*TYPES, *types))), physical_cores, llc_bytes,
                                              say, head_dims=tuple(dict.fromkeys((*HEAD_DIMS, *head_dims))),
-                                             device=name, place=device_place(name))
+                                             device=dev, place=place)
         except Exception as e:  # noqa: BLE001 - kept with its reason: the GPU's spec row stands in
             doc["devices"][name] = {"device": name, "error": str(e)[:300]}
             if say:

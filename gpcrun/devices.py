@@ -1,0 +1,113 @@
+"""The devices a plan may use beyond the measured profile, as llama.cpp itself lists them (planning input, I/O):
+ggml-rpc-servers the user's --rpc brings, non-NVIDIA local GPUs, `--device` limits, and the note on which devices
+the watchdog cannot watch. The parsing is hardware/llama_devices.py; the planner stays pure (gpcrun/plan/).
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+
+def with_llama_devices(target, sa, device_memory: Mapping[str, int] | None = None, server_bin: str | None = None,
+                       types: Sequence[str] = (), head_dims: Sequence[int] = ()):
+    """The target plus the devices the user's own flags bring, as llama.cpp lists them: `--rpc HOST:PORT,...`
+    adds each ggml-rpc-server's device (RPC0 ...) with the memory it reports, ahead of local GPUs as llama.cpp
+    orders them (hardware/llama_devices.py). device_memory: NAME -> bytes the user allows on a device (`gpcrun
+    plan --device-memory RPC0=MIB`), at most what it reports free."""
+    from dataclasses import replace
+
+    from .hardware.llama_devices import list_devices
+    from .launch.binary import find_tool
+    from .plan import DeviceTarget
+    rpc = [str(v) for v in sa.values("rpc")] if sa is not None else []  # each --rpc adds servers (arg.cpp)
+    wanted = (sa.value("device") or "").split(",") if sa is not None and sa.value("device") else None
+    if not rpc:
+        return only_devices(target, wanted)
+    found = list_devices(server_bin or str(find_tool("llama-server")), ["--rpc", ",".join(rpc)])
+    caps = dict(device_memory or {})
+    rpcs = [d for d in found if d.backend == "RPC"]
+    cal = _rpc_calibration(target, [d.description for d in rpcs], types, head_dims)
+    gpus = []
+    for d in rpcs:
+        free = min(d.free_bytes, caps[d.name]) if d.name in caps else d.free_bytes
+        rates = _device_rates((cal or {}).get(f"RPC@{d.description}"))
+        src = (f"llama-server --list-devices: {d.name} {d.description} ({d.total_bytes >> 20} MiB, {d.free_bytes >> 20}"
+               " MiB free)" + (f"; --device-memory {caps[d.name] >> 20} MiB" if d.name in caps else "")
+               + ("; decode rates: " + rates.source + " over the network" if rates else
+                  "; bandwidth and network rate not measured (GPCRUN_CALIBRATE)"))
+        gpus.append(DeviceTarget(d.name, "gpu", free, None, 0, None, src, decode_rates=rates))
+    return only_devices(replace(target, gpus=(*gpus, *target.gpus)), wanted)
+
+
+def _device_rates(dev_doc):
+    from .plan.rates import HostRates
+    return HostRates.from_doc(dev_doc) if dev_doc and not dev_doc.get("error") else None
+
+
+def _rpc_calibration(target, endpoints, types=(), head_dims=()) -> dict | None:
+    """Each ggml-rpc-server calibrated like a GPU (every layer on it, over the network: llama-bench -rpc), once
+    per machine, build and endpoint, cached beside the host's figures; GPCRUN_CALIBRATE=cached/off as for the
+    host (planning.host_calibration)."""
+    from .calibrate import llc_bytes, load_cached, load_or_calibrate
+    mode = os.environ.get("GPCRUN_CALIBRATE", "auto").lower()
+    if mode == "off" or not endpoints:
+        return None
+    fp = target.fingerprint or ""
+    if mode == "cached":
+        return (load_cached(fp) or {}).get("devices")
+    try:
+        doc = load_or_calibrate(fp, target.threads or 1, llc_bytes(), types=tuple(types), head_dims=tuple(head_dims),
+                                devices=tuple(f"RPC@{e}" for e in endpoints))
+    except Exception as e:  # noqa: BLE001 - the forecast says speed unknown, with the reason
+        import sys
+        print(f"gpcrun: warning: calibrating the rpc devices failed ({e})", file=sys.stderr)
+        return None
+    return doc.get("devices")
+
+
+def only_devices(target, wanted):
+    """`--device A,B` offloads to those devices only, in that order; `--device none` to none (arg.cpp
+    parse_device_list)."""
+    from dataclasses import replace
+    if wanted is None:
+        return target
+    by_name = {g.name: g for g in target.gpus}
+    return replace(target, gpus=tuple(by_name[n] for n in wanted if n in by_name))
+
+
+def with_watch_note(plan):
+    """Say which devices the watchdog cannot watch: an RPC device's memory is on another host (llama.cpp's own
+    allocation failure there ends a load: exit 11)."""
+    from dataclasses import replace
+    ev = plan.chosen or plan.nearest
+    used = {m.device for m in (ev.memory if ev else ()) if m.total_bytes}
+    remote = [g.name for g in plan.target.gpus if g.name in used and g.name.startswith("RPC")]
+    unwatched = [g.name for g in plan.target.gpus if g.name in used and g.source.startswith("llama-server")
+                 and not g.name.startswith("RPC")]
+    if not remote and not unwatched:
+        return plan
+    why = []
+    if remote:
+        why.append(f"{', '.join(remote)}: that memory is on another host")
+    if unwatched:
+        why.append(f"{', '.join(unwatched)}: no memory reading for that backend")
+    note = (f"the watchdog watches this host's memory (and NVIDIA GPUs through NVML), not {'; not '.join(why)};"
+            " an allocation that fails there ends the load (exit 11)")
+    return replace(plan, notes=(*plan.notes, note))
+
+
+
+def with_local_llama_gpus(target):
+    """This machine with no NVIDIA GPU: the GPUs llama.cpp itself lists (Vulkan, ROCm/HIP, SYCL, Metal ...), so a
+    non-NVIDIA GPU is planned with the memory its backend reports. A build without such a backend lists none."""
+    from dataclasses import replace
+
+    from .hardware.llama_devices import list_devices
+    from .launch.binary import find_tool
+    from .targets import gpus_from_llama
+    try:
+        found = list_devices(str(find_tool("llama-server")))
+    except Exception:  # noqa: BLE001 - no binary yet, or it cannot list (DeviceListError): the profile stands
+        return target
+    gpus = gpus_from_llama(found)
+    return replace(target, gpus=tuple(gpus)) if gpus else target
