@@ -6,12 +6,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from gpcrun.plan.prefill import batch_params, one_token, one_token_bytes
+from gpcrun.model.info import tensor_role
+from gpcrun.plan.prefill import batch_work, one_token
 from gpcrun.plan.rates import HostRates
 
 
-def _t(name: str, n: int = 1000, layer: int | None = None, role: str = "other", type_name: str = "Q8_0"):
-    return SimpleNamespace(name=name, n_elements=n, n_bytes=n, layer=layer, role=role, type_name=type_name)
+def _t(name: str, n: int = 1000, layer: int | None = None, type_name: str = "Q8_0"):
+    return SimpleNamespace(name=name, n_elements=n, n_bytes=n, layer=layer, role=tensor_role(name),
+                           type_name=type_name)
 
 
 @pytest.mark.parametrize("name,layer,tied,once", [
@@ -32,12 +34,12 @@ def test_one_token(name, layer, tied, once):
 
 
 def test_batch_params_of_a_moe_counts_the_active_experts():
-    ts = [_t("blk.0.attn_q.weight", 100, 0), _t("blk.0.ffn_up_exps.weight", 800, 0, "routed_experts"),
-          _t("blk.1.attn_q.weight", 100, 1), _t("blk.1.ffn_up_exps.weight", 800, 1, "routed_experts", "F16"),
+    ts = [_t("blk.0.attn_q.weight", 100, 0), _t("blk.0.ffn_up_exps.weight", 800, 0),
+          _t("blk.1.attn_q.weight", 100, 1), _t("blk.1.ffn_up_exps.weight", 800, 1, "F16"),
           _t("output.weight", 640), _t("token_embd.weight", 640)]
-    shape = (ts, 2, 8, 2, False)
-    assert batch_params(*shape) == [pytest.approx(100 + 200 + 100)]
-    assert one_token_bytes(*shape) == [{"F16": 200, "Q8_0": 640}]
+    params, once = batch_work(ts, 2, 8, 2, False)
+    assert params == [pytest.approx(100 + 200 + 100)]
+    assert once == [{"F16": 200, "Q8_0": 640}]
 
 
 def _doc(r_s: float, layer_s: float, token_s: float) -> dict:

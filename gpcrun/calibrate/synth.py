@@ -159,10 +159,10 @@ def write_synth(directory: Path, ggml_type: str, target_bytes: int, quantize: Pa
     other = sum(t.n_bytes for t in info.tensors if t.layer is None)
     params = sum(t.n_elements for t in info.tensors if t.layer == 0) * n_layer + \
         sum(t.n_elements for t in info.tensors if t.layer is None)
-    from ..plan.prefill import batch_params, one_token_bytes
+    from ..plan.prefill import batch_work
     big = load_model(str(out))
     f = big.facts
-    shape_of = (big.tensors, n_layer, f.get("expert_count") or 0, f.get("expert_used_count") or 0,
-                "output.weight" not in {t.name for t in big.tensors})
+    params_b, once = batch_work(big.tensors, n_layer, f.get("expert_count") or 0, f.get("expert_used_count") or 0,
+                                "output.weight" not in {t.name for t in big.tensors})
     return SynthModel(out, ggml_type, n_layer, layer_bytes, layer_bytes * n_layer + other, params,
-                      batch_params(*shape_of)[0], sum(one_token_bytes(*shape_of)[0].values()))
+                      params_b[0], sum(once[0].values()))

@@ -20,7 +20,7 @@ from .constants import EXPS_REGEX, PREFILL_BATCH_TOKENS
 
 
 def _is_ffn(name: str) -> bool:
-    """A layer's feed-forward weight (dense, router, routed or shared experts): blk.N.ffn_*."""
+    """A layer's feed-forward tensor (dense, router, routed or shared experts, its norm): blk.N.ffn_*."""
     parts = name.split(".")
     return len(parts) > 2 and parts[2].startswith("ffn")
 
@@ -34,33 +34,22 @@ def one_token(t, n_layer: int, tied_output: bool) -> bool:
     return t.name == "output.weight" or (t.layer == n_layer - 1 and _is_ffn(t.name))
 
 
-def batch_params(tensors, n_layer: int, n_expert: int, n_expert_used: int, tied_output: bool,
-                 device_of=None, n_devices: int = 1) -> list[float]:
-    """Per device (device_of(t) -> index; all on 0 by default): the parameters every token of a batch computes
-    with -- routed experts at their active share; not the output token's weights (one_token) nor an untied input
-    embedding (a row lookup)."""
+def batch_work(tensors, n_layer: int, n_expert: int, n_expert_used: int, tied_output: bool,
+               device_of=None, n_devices: int = 1) -> tuple[list[float], list[dict[str, int]]]:
+    """Per device (device_of(t) -> index; all on 0 by default): (the parameters every token of a batch computes
+    with, the bytes by ggml type only its output token reads) -- routed experts at their active share; an untied
+    input embedding in neither (a row lookup)."""
     frac = (n_expert_used / n_expert) if n_expert else 1.0
-    out = [0.0] * n_devices
+    params = [0.0] * n_devices
+    once: list[dict[str, int]] = [{} for _ in range(n_devices)]
     for t in tensors:
-        if t.name == "token_embd.weight" or one_token(t, n_layer, tied_output):
-            continue
-        expert = t.role == "routed_experts" and re.search(EXPS_REGEX, t.name)
-        out[device_of(t) if device_of else 0] += t.n_elements * (frac if expert else 1.0)
-    return out
-
-
-def one_token_bytes(tensors, n_layer: int, n_expert: int, n_expert_used: int, tied_output: bool,
-                    device_of=None, n_devices: int = 1) -> list[dict[str, int]]:
-    """Per device, bytes by ggml type the batch's output token reads (routed experts: the used ones)."""
-    frac = (n_expert_used / n_expert) if n_expert else 1.0
-    out: list[dict[str, int]] = [{} for _ in range(n_devices)]
-    for t in tensors:
-        if not one_token(t, n_layer, tied_output):
-            continue
-        expert = t.role == "routed_experts" and re.search(EXPS_REGEX, t.name)
-        d = out[device_of(t) if device_of else 0]
-        d[t.type_name] = d.get(t.type_name, 0) + int(t.n_bytes * (frac if expert else 1.0))
-    return out
+        share = frac if (t.role == "routed_experts" and re.search(EXPS_REGEX, t.name)) else 1.0
+        dev = device_of(t) if device_of else 0
+        if one_token(t, n_layer, tied_output):
+            once[dev][t.type_name] = once[dev].get(t.type_name, 0) + int(t.n_bytes * share)
+        elif t.name != "token_embd.weight":
+            params[dev] += t.n_elements * share
+    return params, once
 
 
 def prefill_tok_s(table, target, pl, n_gpus: int, threads_batch: int, threads: int, tensor_device,
@@ -74,7 +63,7 @@ def prefill_tok_s(table, target, pl, n_gpus: int, threads_batch: int, threads: i
     device computes its own layers."""
     where = dict(device_of=lambda t: tensor_device(table, pl, n_gpus, t), n_devices=n_gpus + 1)
     shape = (table.tensors, table.n_layer, table.n_expert, table.n_expert_used, table.tied_output)
-    params, once = batch_params(*shape, **where), one_token_bytes(*shape, **where)
+    params, once = batch_work(*shape, **where)
     if params[0] and any(d.kind == "gpu" and not d.name.startswith("RPC") for d in target.gpus):
         return None
     layers_on = [0] * (n_gpus + 1)

@@ -2,7 +2,7 @@
 thread count, from the calibration document (gpcrun/calibrate/run.py: llama-bench on synthetic models).
 
 - decode: effective bytes/s (weights read per token x tok/s) per (type, threads);
-- prefill: the weights a batch token computes with (plan/prefill.py batch_params) x tok/s (parameter-tokens/s)
+- prefill: the weights a batch token computes with (plan/prefill.py batch_work) x tok/s (parameter-tokens/s)
   per type at the largest thread count measured, once the per-layer and per-batch costs measured on many thin
   layers are taken out; fewer threads scale it down linearly (prefill is compute-bound).
 A type that was not measured takes the measured type with the nearest bits per weight (same family -- K-quant
@@ -185,13 +185,10 @@ class HostRates:
         return min(have, key=lambda h: (abs((bits_per_weight(h) or 99) - bpw),
                                         (h.endswith("_K") or "_K_" in h) != fam, h))
 
-    def _at_threads(self, points: list[tuple[int, float]], threads: int) -> float:
-        return _at(points, threads)
-
     def token_fixed_s(self, threads: int) -> float:
         """What a token costs on this device beyond its layers (measured: one thin layer less that layer), else 0
         (older calibrations: it is inside the measured rates)."""
-        return self._at_threads(list(self.token_fixed), threads) if self.token_fixed else 0.0
+        return _at(list(self.token_fixed), threads) if self.token_fixed else 0.0
 
     def prefill_layer_s(self, threads: int) -> float:
         """Seconds per layer per prompt token beyond its weights' work (0 when not measured: older calibrations
@@ -204,7 +201,7 @@ class HostRates:
 
     def layer_fixed_s(self, threads: int) -> float | None:
         """The host's measured cost per layer per token beyond its bytes, None when not measured."""
-        return self._at_threads(list(self.layer_fixed), threads) if self.layer_fixed else None
+        return _at(list(self.layer_fixed), threads) if self.layer_fixed else None
 
     def attention_s_per_unit(self, kv_type: str, threads: int, head_dim: int = 128) -> float | None:
         """Seconds per attention unit (one cached token x one query head x (K + V head dims) x one layer) for
@@ -218,11 +215,11 @@ class HostRates:
             kv = "F16" if kv in ("F16", "BF16", "F32") or "Q8_0" not in have else "Q8_0"
             kv = kv if kv in have else sorted(have)[0]
         hd = min({h for n, h, _, _ in self.attention if n == kv}, key=lambda h: (abs(h - head_dim), h))
-        return self._at_threads([(t, c) for n, h, t, c in self.attention if n == kv and h == hd], threads)
+        return _at([(t, c) for n, h, t, c in self.attention if n == kv and h == hd], threads)
 
     def decode_bytes_per_s(self, type_name: str, threads: int) -> float:
         ty = self.nearest_type(type_name)
-        return self._at_threads([(t, r) for n, t, r in self.decode if n == ty], threads)
+        return _at([(t, r) for n, t, r in self.decode if n == ty], threads)
 
     def mix_bytes_per_s(self, mix: dict[str, int], threads: int) -> float | None:
         """The effective rate for reading a mix of types (bytes by type): total bytes over the summed times."""
@@ -246,6 +243,6 @@ class HostRates:
             if threads < pts[0][0]:  # compute-bound: below the fewest threads measured, linear in threads
                 rate = pts[0][1] * threads / pts[0][0]
             else:
-                rate = self._at_threads(pts, threads)
+                rate = _at(pts, threads)
             t_sum += b / rate
         return total / t_sum

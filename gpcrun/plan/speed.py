@@ -9,7 +9,7 @@ from .constants import (CPU_LAYER_OVERHEAD_S, DEFAULT_EFFICIENCY, EXPS_REGEX, GP
                         UNCALIBRATED_BAND)
 from .kv import kv_size_tokens
 from .layout import LayoutTable, _layer_device
-from .prefill import batch_params, prefill_tok_s
+from .prefill import batch_work, prefill_tok_s
 from .request import Request, Target
 from .types import Forecast, Placement
 
@@ -173,8 +173,8 @@ def forecast(table: LayoutTable, target: Target, pl: Placement, req: Request,
     if gpu_flops and pl.ngl > table.n_layer and pl.n_cpu_moe == 0:
         # prefill ceiling: 2 FLOP per weight a batch token computes with (plan/prefill.py) at the spec-sheet
         # FP16 rate
-        params = sum(batch_params(table.tensors, table.n_layer, table.n_expert, table.n_expert_used,
-                                  table.tied_output))
+        params = sum(batch_work(table.tensors, table.n_layer, table.n_expert, table.n_expert_used,
+                                table.tied_output)[0])
         flops = gpu_flops[0] / (2 * params) if params else None
     if unknown or t_ceiling == 0:
         return Forecast(None, None, None, flops, False, "bandwidth unknown for a device that holds weights",
