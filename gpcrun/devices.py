@@ -4,7 +4,6 @@ the watchdog cannot watch. The parsing is hardware/llama_devices.py; the planner
 """
 from __future__ import annotations
 
-import os
 from typing import Mapping, Sequence
 
 
@@ -19,6 +18,7 @@ def with_llama_devices(target, sa, device_memory: Mapping[str, int] | None = Non
     from .hardware.llama_devices import list_devices
     from .launch.binary import find_tool
     from .plan import DeviceTarget
+    from .targets import with_device_rates
     rpc = [str(v) for v in sa.values("rpc")] if sa is not None else []  # each --rpc adds servers (arg.cpp)
     wanted = (sa.value("device") or "").split(",") if sa is not None and sa.value("device") else None
     if not rpc:
@@ -30,39 +30,23 @@ def with_llama_devices(target, sa, device_memory: Mapping[str, int] | None = Non
     gpus = []
     for d in rpcs:
         free = min(d.free_bytes, caps[d.name]) if d.name in caps else d.free_bytes
-        rates = _device_rates((cal or {}).get(f"RPC@{d.description}"))
         src = (f"llama-server --list-devices: {d.name} {d.description} ({d.total_bytes >> 20} MiB, {d.free_bytes >> 20}"
-               " MiB free)" + (f"; --device-memory {caps[d.name] >> 20} MiB" if d.name in caps else "")
-               + ("; decode rates: " + rates.source + " over the network" if rates else
-                  "; bandwidth and network rate not measured (GPCRUN_CALIBRATE)"))
-        gpus.append(DeviceTarget(d.name, "gpu", free, None, 0, None, src, decode_rates=rates))
+               " MiB free)" + (f"; --device-memory {caps[d.name] >> 20} MiB" if d.name in caps else ""))
+        dev = with_device_rates(DeviceTarget(d.name, "gpu", free, None, 0, None, src),
+                                 (cal or {}).get(f"RPC@{d.description}"))  # measured over the network
+        gpus.append(dev if dev.decode_rates else replace(dev, source=src + "; rates not measured (GPCRUN_CALIBRATE)"))
     return only_devices(replace(target, gpus=(*gpus, *target.gpus)), wanted)
-
-
-def _device_rates(dev_doc):
-    from .plan.rates import HostRates
-    return HostRates.from_doc(dev_doc) if dev_doc and not dev_doc.get("error") else None
 
 
 def _rpc_calibration(target, endpoints, types=(), head_dims=()) -> dict | None:
     """Each ggml-rpc-server calibrated like a GPU (every layer on it, over the network: llama-bench -rpc), once
-    per machine, build and endpoint, cached beside the host's figures; GPCRUN_CALIBRATE=cached/off as for the
-    host (planning.host_calibration)."""
-    from .calibrate import llc_bytes, load_cached, load_or_calibrate
-    mode = os.environ.get("GPCRUN_CALIBRATE", "auto").lower()
-    if mode == "off" or not endpoints:
+    per machine, build and endpoint, cached beside the host's figures (planning.calibration)."""
+    from .planning import calibration
+    if not endpoints:
         return None
-    fp = target.fingerprint or ""
-    if mode == "cached":
-        return (load_cached(fp) or {}).get("devices")
-    try:
-        doc = load_or_calibrate(fp, target.threads or 1, llc_bytes(), types=tuple(types), head_dims=tuple(head_dims),
-                                devices=tuple(f"RPC@{e}" for e in endpoints))
-    except Exception as e:  # noqa: BLE001 - the forecast says speed unknown, with the reason
-        import sys
-        print(f"gpcrun: warning: calibrating the rpc devices failed ({e})", file=sys.stderr)
-        return None
-    return doc.get("devices")
+    doc = calibration(target.fingerprint or "", target.threads or 1, types, head_dims,
+                      tuple(f"RPC@{e}" for e in endpoints))
+    return (doc or {}).get("devices")
 
 
 def only_devices(target, wanted):
@@ -94,7 +78,6 @@ def with_watch_note(plan):
     note = (f"the watchdog watches this host's memory (and NVIDIA GPUs through NVML), not {'; not '.join(why)};"
             " an allocation that fails there ends the load (exit 11)")
     return replace(plan, notes=(*plan.notes, note))
-
 
 
 def with_local_llama_gpus(target):

@@ -170,17 +170,24 @@ def host_calibration(profile_doc: dict, types: Sequence[str] = (), head_dims: Se
     """The llama-bench calibration of this machine and build (gpcrun/calibrate): cached, else measured now once
     (progress on stderr, 30-40 s on 2 cores). GPCRUN_CALIBRATE=cached uses only a cached one, =off never one:
     the forecast then falls back to the one-thread copy bandwidth and says so."""
+    from .targets import default_threads, gpu_names
+    return calibration(profile_doc.get("fingerprint") or "", default_threads(profile_doc) or 1, types, head_dims,
+                       gpu_names(profile_doc))
+
+
+def calibration(fingerprint: str, threads: int, types: Sequence[str] = (), head_dims: Sequence[int] = (),
+                devices: Sequence[str] = ()) -> dict | None:
+    """The calibration document with the host and `devices` (llama.cpp names, or RPC@HOST:PORT) measured, under
+    GPCRUN_CALIBRATE (auto: measured now if not cached; cached; off). A failed run warns and gives None."""
     from .calibrate import llc_bytes, load_cached, load_or_calibrate
     mode = os.environ.get("GPCRUN_CALIBRATE", "auto").lower()
-    fp = profile_doc.get("fingerprint") or ""
     if mode == "off":
         return None
     if mode == "cached":
-        return load_cached(fp)
-    from .targets import default_threads, gpu_names
+        return load_cached(fingerprint)
     try:
-        return load_or_calibrate(fp, default_threads(profile_doc) or 1, llc_bytes(), types=tuple(types),
-                                 head_dims=tuple(head_dims), devices=gpu_names(profile_doc))
+        return load_or_calibrate(fingerprint, threads, llc_bytes(), types=tuple(types), head_dims=tuple(head_dims),
+                                 devices=tuple(devices))
     except Exception as e:  # noqa: BLE001 - no llama-bench, a failed run: the labelled fallback, with the reason
         import sys
         print(f"gpcrun: warning: calibration failed ({e}); speed forecast from the one-thread copy bandwidth",

@@ -82,7 +82,7 @@ def gpu_from_spec(spec: GpuSpec, index: int, free_bytes: int | None = None) -> D
                         layer_fixed_s=spec.layer_fixed_s)
 
 
-def _with_device_rates(g: DeviceTarget, dev_doc: Mapping[str, Any] | None) -> DeviceTarget:
+def with_device_rates(g: DeviceTarget, dev_doc: Mapping[str, Any] | None) -> DeviceTarget:
     from .plan.rates import HostRates
     rates = HostRates.from_doc(dev_doc) if dev_doc and not dev_doc.get("error") else None
     if rates is None:
@@ -131,7 +131,7 @@ def target_from_profile(doc: Mapping[str, Any], vram_mib: Sequence[int] = (),
     else:
         gpus = gpus_from_profile(doc)
     if calibration and not specs and not vram_mib:  # this machine's GPUs as llama-bench measured them
-        gpus = [_with_device_rates(g, (calibration.get("devices") or {}).get(g.name)) for g in gpus]
+        gpus = [with_device_rates(g, (calibration.get("devices") or {}).get(g.name)) for g in gpus]
     plat = doc.get("platform") or {}
     threads = cpu_threads or default_threads(doc)
     return Target(host, tuple(gpus), doc.get("fingerprint"), threads, tuple(plat.get("isa") or ()))
