@@ -3,7 +3,9 @@
 qwen2moe (shared experts), deepseek2 (MLA, dense-first + MoE) and mamba2 (recurrent) in f16 and Q8_0; and, in f16
 and Q8_0, hybrids that hold both a KV cache and recurrent state (layouts in gen_models_hybrid.py): qwen35 (Gated
 DeltaNet + gated attention), granitehybrid (Mamba-2 + attention), falcon-h1 (both in every layer), lfm2 (short
-conv + attention), nemotron_h (Mamba-2, attention and MLP-only layers) and jamba (Mamba-1 + attention, MoE).
+conv + attention), nemotron_h (Mamba-2, attention and MLP-only layers), jamba (Mamba-1 + attention, MoE), qwen3next
+(Gated DeltaNet + gated attention, MoE + shared expert), kimi-linear (Kimi Delta Attention + K-only MLA, MoE) and
+minimax-01 (lightning attention + softmax attention, MoE).
 
 Deterministic: fixed seeds, so the same script + vocab + llama-quantize give byte-identical files.
 Output: OUT/<key>/<name>.gguf, key = sha256(scripts, vocab, llama-quantize)[:16]; an existing full set is reused.
@@ -92,6 +94,27 @@ SPECS = {
     "tiny-jamba": dict(arch="jamba", seed=12, n_embd=256, n_layer=4, layout="MM*M", moe_layers=(1, 3), n_head=4,
                        n_head_kv=2, n_ff=512, n_ctx=262144, d_inner=512, d_state=16, dt_rank=32, d_conv=4,
                        n_expert=4, n_expert_used=2, quants=("q8_0",)),
+    # Qwen3-Next: qwen35's mixers (layers 3 and 7 gated attention, head_dim 128 with partial rotary n_rot = 32, NEOX;
+    # the rest Gated DeltaNet, 2 key heads and 4 value heads of 64, fused ssm_ba) with an MoE FFN in every layer
+    # (8 experts of 128, top 2) plus a sigmoid-gated shared expert of 128; no NextN block.
+    "tiny-qwen3next": dict(arch="qwen3next", seed=13, n_embd=256, n_layer=8, full_attention_interval=4, n_head=4,
+                           n_head_kv=2, head_dim=128, n_rot=32, n_ff=512, n_ctx=262144, rope_base=10000000.0,
+                           d_conv=4, d_state=64, n_group=2, dt_rank=4, d_inner=256, n_expert=8, n_expert_used=2,
+                           n_ff_exp=128, n_ff_shexp=128, quants=("q8_0",)),
+    # Kimi-Linear: Kimi Delta Attention (4 heads of kda.head_dim 64, short conv 4) at layers 0-2, MLA at layer 3
+    # (3 KDA : 1 MLA, as in Kimi-Linear-48B) stored as MQA: one KV head of kv_lora_rank + rope, K only. No q_lora. One
+    # leading dense block, then MoE (8 experts of 128, top 2, sigmoid + exp_probs_b) with one shared expert.
+    "tiny-kimi-linear": dict(arch="kimi-linear", seed=14, n_embd=256, n_layer=4, layout="MMM*", n_head=4,
+                             n_head_kv=1, n_ff=512, n_ctx=1048576, kda_head_dim=64, d_conv=4, kv_lora_rank=128,
+                             qk_rope_head_dim=32, qk_nope_head_dim=64, v_head_dim=64, n_dense_lead=1, n_expert=8,
+                             n_expert_used=2, n_ff_exp=128, n_expert_shared=1, expert_weights_scale=2.446,
+                             quants=("q8_0",)),
+    # MiniMax-Text-01: lightning attention at layers 0-6, softmax attention (GQA, head_dim 64, n_rot 32) at layer 7
+    # (the built-in interval of 8); MoE in every layer (8 experts of n_ff 128, top 2). residual_scale is the DeepNorm
+    # alpha (2 * n_layer) ** 0.25, as MiniMax-Text-01's 3.5566 for 80 layers.
+    "tiny-minimax-01": dict(arch="minimax-01", seed=15, n_embd=256, n_layer=8, full_attention_interval=8, n_head=4,
+                            n_head_kv=2, head_dim=64, n_rot=32, n_ff=128, n_ctx=1048576, rope_base=10000000.0,
+                            residual_scale=2.0, n_expert=8, n_expert_used=2, quants=("q8_0",)),
 }
 MODEL_NAMES = [f"{base}-{q}" for base, spec in SPECS.items() for q in ("f16", *spec["quants"])]
 
