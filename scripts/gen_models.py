@@ -185,11 +185,7 @@ def _ffn(b: str, e: int, ff: int, suffix: str = "") -> list:
             (f"{b}.ffn_up{suffix}.weight", (ff, e), "f16")]
 
 
-def _experts(b: str, e: int, ne: int, ff: int) -> list:
-    return [(f"{b}.ffn_gate_inp.weight", (ne, e), "f32"),
-            (f"{b}.ffn_gate_exps.weight", (ne, ff, e), "f16"),
-            (f"{b}.ffn_down_exps.weight", (ne, e, ff), "f16"),
-            (f"{b}.ffn_up_exps.weight", (ne, ff, e), "f16")]
+_experts = hybrid._experts  # one expert layout for every MoE model here
 
 
 def tensors_for(spec: dict) -> list[tuple[str, tuple[int, ...], str]]:

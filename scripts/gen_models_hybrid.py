@@ -115,6 +115,18 @@ def _shortconv(b: str, e: int, spec: dict) -> list:
             (f"{b}.shortconv.out_proj.weight", (e, e), "f16")]
 
 
+def _attn_moe_keys(w, spec: dict, hd: int, eps: float) -> None:
+    """The attention and MoE keys qwen3next and minimax-01 write alike (their converters' TextModel base)."""
+    w.add_feed_forward_length(spec["n_ff"])
+    w.add_head_count_kv(spec["n_head_kv"])
+    w.add_rope_freq_base(spec["rope_base"])
+    w.add_layer_norm_rms_eps(eps)
+    w.add_expert_count(spec["n_expert"])
+    w.add_expert_used_count(spec["n_expert_used"])
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+
+
 def _experts(b: str, e: int, ne: int, ff: int) -> list:
     # router f32 (convert_hf_to_gguf keeps ffn_gate_inp f32); experts ggml {n_embd, ff, ne} / {ff, n_embd, ne}
     return [(f"{b}.ffn_gate_inp.weight", (ne, e), "f32"),
@@ -335,14 +347,7 @@ def write_metadata(w, spec: dict) -> None:
         # conversion/qwen.py Qwen3NextModel (over Qwen2MoeModel, TextModel): the same SSM keys as qwen35 (which
         # derives from it), MoE and shared-expert widths, partial rotary (1/4 of head_dim); no MRoPE sections.
         # attention.recurrent_layers is written only from an HF layer_types list; left out, the interval decides.
-        w.add_feed_forward_length(spec["n_ff"])
-        w.add_head_count_kv(spec["n_head_kv"])
-        w.add_rope_freq_base(spec["rope_base"])
-        w.add_layer_norm_rms_eps(1e-6)
-        w.add_expert_count(spec["n_expert"])
-        w.add_expert_used_count(spec["n_expert_used"])
-        w.add_key_length(hd)
-        w.add_value_length(hd)
+        _attn_moe_keys(w, spec, hd, 1e-6)
         w.add_expert_feed_forward_length(spec["n_ff_exp"])
         w.add_expert_shared_feed_forward_length(spec["n_ff_shexp"])
         assert spec["d_inner"] == spec["d_state"] * spec["dt_rank"], spec
@@ -377,14 +382,7 @@ def write_metadata(w, spec: dict) -> None:
         # by every layernorm) and rope.dimension_count (rotary_dim, half of head_dim). It writes no
         # full_attention_interval or recurrent_layers: minimax-01.cpp's default interval of 8 applies.
         assert spec["full_attention_interval"] == 8, spec
-        w.add_feed_forward_length(spec["n_ff"])
-        w.add_head_count_kv(spec["n_head_kv"])
-        w.add_rope_freq_base(spec["rope_base"])
-        w.add_layer_norm_rms_eps(1e-5)
-        w.add_expert_count(spec["n_expert"])
-        w.add_expert_used_count(spec["n_expert_used"])
-        w.add_key_length(hd)
-        w.add_value_length(hd)
+        _attn_moe_keys(w, spec, hd, 1e-5)
         w.add_residual_scale(spec["residual_scale"])
         w.add_rope_dimension_count(spec["n_rot"])
     else:
