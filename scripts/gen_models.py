@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Generate tiny random-weight GGUF models: dense llama and qwen3moe in f16, Q8_0 and Q4_K_M; gemma3 (SWA),
-qwen2moe (shared experts), deepseek2 (MLA, dense-first + MoE) and mamba2 (recurrent) in f16 and Q8_0; and, in f16
+qwen2moe (shared experts), deepseek2 (MLA, dense-first + MoE), deepseek32 (deepseek2 + DSA lightning indexer) and
+mamba2 (recurrent) in f16 and Q8_0; and, in f16
 and Q8_0, hybrids that hold both a KV cache and recurrent state (layouts in gen_models_hybrid.py): qwen35 (Gated
 DeltaNet + gated attention), granitehybrid (Mamba-2 + attention), falcon-h1 (both in every layer), lfm2 (short
 conv + attention), nemotron_h (Mamba-2, attention and MLP-only layers), jamba (Mamba-1 + attention, MoE), qwen3next
@@ -115,6 +116,15 @@ SPECS = {
     "tiny-minimax-01": dict(arch="minimax-01", seed=15, n_embd=256, n_layer=8, full_attention_interval=8, n_head=4,
                             n_head_kv=2, head_dim=64, n_rot=32, n_ff=128, n_ctx=1048576, rope_base=10000000.0,
                             residual_scale=2.0, n_expert=8, n_expert_used=2, quants=("q8_0",)),
+    # DeepSeek-V3.2: tiny-deepseek2's layout plus the DSA lightning indexer in every layer (src/models/deepseek32.cpp):
+    # 4 indexer heads of 64 (one shared MQA key, cached in a second KV cache by llama_kv_cache_dsa) score the cache,
+    # and MLA attends to the top 64 cells only. indexer_head_size >= n_rot (asserted: the indexer head is
+    # [rope | nope]) and a multiple of 64 (the Hadamard rotation llama_kv_cache always builds for the indexer).
+    "tiny-deepseek32": dict(arch="deepseek32", seed=16, n_embd=256, n_layer=4, n_head=4, n_ff=512, n_ctx=4096,
+                            rope_base=10000.0, q_lora_rank=128, kv_lora_rank=128, qk_rope_head_dim=32,
+                            qk_nope_head_dim=64, v_head_dim=64, n_dense_lead=1, n_expert=8, n_expert_used=2,
+                            n_ff_exp=256, n_expert_shared=1, expert_weights_scale=2.5, indexer_n_head=4,
+                            indexer_head_size=64, indexer_top_k=64, quants=("q8_0",)),
 }
 MODEL_NAMES = [f"{base}-{q}" for base, spec in SPECS.items() for q in ("f16", *spec["quants"])]
 
@@ -229,7 +239,7 @@ def tensors_for(spec: dict) -> list[tuple[str, tuple[int, ...], str]]:
             # shared_expert_gate is a Linear(hidden, 1): ggml {n_embd, 1}, kept f32 like the router
             ts += [(f"{b}.ffn_gate_inp_shexp.weight", (1, e), "f32")]
             ts += _ffn(b, e, spec["n_ff_shexp"], "_shexp")
-        elif arch == "deepseek2":
+        elif arch in ("deepseek2", "deepseek32"):
             nh, qr, kvr = spec["n_head"], spec["q_lora_rank"], spec["kv_lora_rank"]
             rope, nope, vd = spec["qk_rope_head_dim"], spec["qk_nope_head_dim"], spec["v_head_dim"]
             ts += [(f"{b}.attn_q_a_norm.weight", (qr,), "norm"),
@@ -243,6 +253,16 @@ def tensors_for(spec: dict) -> list[tuple[str, tuple[int, ...], str]]:
                    (f"{b}.attn_v_b.weight", (nh, vd, kvr), "f16"),
                    (f"{b}.attn_output.weight", (e, nh * vd), "f16"),
                    (f"{b}.ffn_norm.weight", (e,), "norm")]
+            if arch == "deepseek32":
+                # DSA lightning indexer (deepseek32.cpp load_arch_tensors): k_norm is a LayerNorm (weight + bias)
+                # over the single key head; proj gives per-head weights, ggml {n_embd, indexer_n_head}; attn_q_b
+                # reads the q_lora latent, ggml {q_lora_rank, indexer_n_head * indexer_head_size}
+                inh, ihs = spec["indexer_n_head"], spec["indexer_head_size"]
+                ts += [(f"{b}.indexer.k_norm.weight", (ihs,), "norm"),
+                       (f"{b}.indexer.k_norm.bias", (ihs,), "f32"),
+                       (f"{b}.indexer.proj.weight", (inh, e), "f16"),
+                       (f"{b}.indexer.attn_k.weight", (ihs, e), "f16"),
+                       (f"{b}.indexer.attn_q_b.weight", (inh * ihs, qr), "f16")]
             if i < spec["n_dense_lead"]:
                 ts += _ffn(b, e, spec["n_ff"])
             else:
@@ -281,7 +301,7 @@ def write_metadata(w: "gguf.GGUFWriter", spec: dict) -> None:
         return
     w.add_feed_forward_length(spec["n_ff"])
     w.add_head_count(spec["n_head"])
-    if arch == "deepseek2":
+    if arch in ("deepseek2", "deepseek32"):
         kvr, rope = spec["kv_lora_rank"], spec["qk_rope_head_dim"]
         # MLA is stored as MQA over the compressed latent: one KV head of kv_lora_rank + rope (K),
         # V a view of its first kv_lora_rank values; the *_mla lengths are the decompressed head sizes.
@@ -303,6 +323,11 @@ def write_metadata(w: "gguf.GGUFWriter", spec: dict) -> None:
         w.add_rope_dimension_count(rope)
         w.add_rope_freq_base(spec["rope_base"])
         w.add_layer_norm_rms_eps(1e-6)
+        if arch == "deepseek32":
+            # "%s.attention.indexer.{head_count,key_length,top_k}" (src/llama-arch.cpp), all required
+            w.add_indexer_head_count(spec["indexer_n_head"])
+            w.add_indexer_key_length(spec["indexer_head_size"])
+            w.add_indexer_top_k(spec["indexer_top_k"])
         return
     w.add_head_count_kv(spec["n_head_kv"])
     if arch != "qwen2moe":

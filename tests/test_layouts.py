@@ -125,3 +125,15 @@ def test_more_nextn_blocks_than_blocks_is_refused(tmp_path):
     _write(path, 2, 3, [("token_embd.weight", (32, 64))])
     with pytest.raises(GGUFError, match="nextn_predict_layers is 3"):
         load_model(str(path))
+
+
+def test_deepseek32_counts_the_indexer_key_cache_on_trunk_layers():
+    """llama_kv_cache_dsa: an indexer key cache beside the MLA cache, one head of indexer key_length per trunk
+    layer, same cells, type_k, no V; NextN blocks hold neither (llama-model.cpp:2431-2440)."""
+    f = {"architecture": "deepseek32", "block_count": 3, "nextn_predict_layers": 1, "embedding_length": 256,
+         "head_count": 4, "head_count_kv": 1, "key_length": 576, "value_length": 512, "key_length_mla": 192,
+         "value_length_mla": 128, "indexer_key_length": 128}
+    kv = kv_cache_layers(f, "f16", "f16")
+    assert [(l.kind, l.k_bytes_per_token, l.v_bytes_per_token) for l in kv] == [
+        ("mla", 2 * (576 + 128), 0), ("mla", 2 * (576 + 128), 0), ("none", 0, 0)]
+    assert not any("approximate" in n for n in layout_notes(f))  # modelled

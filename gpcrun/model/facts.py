@@ -114,6 +114,7 @@ def derive_facts(md: Mapping[str, KVField], tensors: Iterable[TensorInfo], path:
         "recurrent_layers": a("attention.recurrent_layers", bools=True),
         "kda_head_dim": a("kda.head_dim"),
         "shortconv_l_cache": a("shortconv.l_cache"),
+        "indexer_key_length": a("attention.indexer.key_length"),
         "recurrent": arch in _RECURRENT_ARCHS if arch else None,
         "tensor_count": len(tensors),
     }

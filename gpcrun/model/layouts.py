@@ -33,12 +33,15 @@ NOT_MODELLED = {
     "qwen4exp": "an indexer cache beside the hybrid memory (llama_memory_hybrid_idx)",
     "glm5-next": "an indexer cache beside the hybrid memory (llama_memory_hybrid_idx)",
     "deepseek4": "its compressed caches (llama_kv_cache_dsv4)",
-    "deepseek32": "an indexer cache beside the MLA cache (llama_kv_cache_dsa)",
     "glm-dsa": "an indexer cache beside the MLA cache (llama_kv_cache_dsa)",
     "minimax-m3": "an indexer cache (llama_kv_cache_msa)",
     "dots3note": "an indexer cache with sliding windows (llama_kv_cache_dsa_iswa)",
     "hy_v4": "an indexer cache (llama_kv_cache_dsa) when indexer_top_k > 0",
 }
+# llama_kv_cache_dsa (llama-kv-cache-dsa.cpp): beside the MLA cache, an indexer key cache of the same cells with
+# one head of attention.indexer.key_length, type_k, no V (the hparams copy stays MLA), on every trunk layer
+# (llama-model.cpp:2435-2440 filter_lid; glm-dsa and hy_v4 keep only "full" indexer layers: not modelled)
+DSA_INDEXER = frozenset(("deepseek32",))
 # NextN/MTP blocks are not loaded unless llama-server runs MTP speculation (--spec-type draft-mtp): their tensors
 # are TENSOR_SKIP (the `mtp_flags` of these models' load_tensors; common.cpp:1683 load_mtp)
 MTP_SKIPPED = frozenset(("bailingmoe3", "cohere2moe", "deepseek2", "deepseek32", "deepseek4", "glm-dsa", "glm4moe",
