@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate tiny random-weight GGUF models: dense llama and qwen3moe in f16, Q8_0 and Q4_K_M; gemma3 (SWA),
-qwen2moe (shared experts), deepseek2 (MLA, dense-first + MoE), deepseek32 (deepseek2 + DSA lightning indexer) and
-mamba2 (recurrent) in f16 and Q8_0; and, in f16
+qwen2moe (shared experts), deepseek2 (MLA, dense-first + MoE), deepseek32 (deepseek2 + DSA lightning indexer),
+glm-dsa (deepseek32 with the indexer on some layers only) and mamba2 (recurrent) in f16 and Q8_0; and, in f16
 and Q8_0, hybrids that hold both a KV cache and recurrent state (layouts in gen_models_hybrid.py): qwen35 (Gated
 DeltaNet + gated attention), granitehybrid (Mamba-2 + attention), falcon-h1 (both in every layer), lfm2 (short
 conv + attention), nemotron_h (Mamba-2, attention and MLP-only layers), jamba (Mamba-1 + attention, MoE), qwen3next
@@ -125,6 +125,15 @@ SPECS = {
                             qk_nope_head_dim=64, v_head_dim=64, n_dense_lead=1, n_expert=8, n_expert_used=2,
                             n_ff_exp=256, n_expert_shared=1, expert_weights_scale=2.5, indexer_n_head=4,
                             indexer_head_size=64, indexer_top_k=64, quants=("q8_0",)),
+    # GLM-5 (glm-dsa, src/models/glm-dsa.cpp): tiny-deepseek32's MLA + MoE + DSA layout, but the indexer runs only on
+    # "full" layers, given per layer by "glm-dsa.attention.indexer.types" (1 = full: own indexer tensors and a cell in
+    # the indexer cache; 0 = reuses the previous full layer's top-k, no indexer tensors, as GLM-5.2). Layer 0 must be
+    # full. n_ctx < 1048576 is the loader's "pre-5.2" branch (default all full), overridden by the key.
+    "tiny-glm-dsa": dict(arch="glm-dsa", seed=17, n_embd=256, n_layer=4, n_head=4, n_ff=512, n_ctx=4096,
+                         rope_base=10000.0, q_lora_rank=128, kv_lora_rank=128, qk_rope_head_dim=32,
+                         qk_nope_head_dim=64, v_head_dim=64, n_dense_lead=1, n_expert=8, n_expert_used=2,
+                         n_ff_exp=256, n_expert_shared=1, expert_weights_scale=2.5, indexer_n_head=4,
+                         indexer_head_size=64, indexer_top_k=64, indexer_types=(1, 0, 1, 1), quants=("q8_0",)),
 }
 MODEL_NAMES = [f"{base}-{q}" for base, spec in SPECS.items() for q in ("f16", *spec["quants"])]
 
@@ -239,7 +248,7 @@ def tensors_for(spec: dict) -> list[tuple[str, tuple[int, ...], str]]:
             # shared_expert_gate is a Linear(hidden, 1): ggml {n_embd, 1}, kept f32 like the router
             ts += [(f"{b}.ffn_gate_inp_shexp.weight", (1, e), "f32")]
             ts += _ffn(b, e, spec["n_ff_shexp"], "_shexp")
-        elif arch in ("deepseek2", "deepseek32"):
+        elif arch in ("deepseek2", "deepseek32", "glm-dsa"):
             nh, qr, kvr = spec["n_head"], spec["q_lora_rank"], spec["kv_lora_rank"]
             rope, nope, vd = spec["qk_rope_head_dim"], spec["qk_nope_head_dim"], spec["v_head_dim"]
             ts += [(f"{b}.attn_q_a_norm.weight", (qr,), "norm"),
@@ -253,7 +262,7 @@ def tensors_for(spec: dict) -> list[tuple[str, tuple[int, ...], str]]:
                    (f"{b}.attn_v_b.weight", (nh, vd, kvr), "f16"),
                    (f"{b}.attn_output.weight", (e, nh * vd), "f16"),
                    (f"{b}.ffn_norm.weight", (e,), "norm")]
-            if arch == "deepseek32":
+            if arch == "deepseek32" or (arch == "glm-dsa" and spec["indexer_types"][i]):
                 # DSA lightning indexer (deepseek32.cpp load_arch_tensors): k_norm is a LayerNorm (weight + bias)
                 # over the single key head; proj gives per-head weights, ggml {n_embd, indexer_n_head}; attn_q_b
                 # reads the q_lora latent, ggml {q_lora_rank, indexer_n_head * indexer_head_size}
@@ -301,7 +310,7 @@ def write_metadata(w: "gguf.GGUFWriter", spec: dict) -> None:
         return
     w.add_feed_forward_length(spec["n_ff"])
     w.add_head_count(spec["n_head"])
-    if arch in ("deepseek2", "deepseek32"):
+    if arch in ("deepseek2", "deepseek32", "glm-dsa"):
         kvr, rope = spec["kv_lora_rank"], spec["qk_rope_head_dim"]
         # MLA is stored as MQA over the compressed latent: one KV head of kv_lora_rank + rope (K),
         # V a view of its first kv_lora_rank values; the *_mla lengths are the decompressed head sizes.
@@ -323,11 +332,15 @@ def write_metadata(w: "gguf.GGUFWriter", spec: dict) -> None:
         w.add_rope_dimension_count(rope)
         w.add_rope_freq_base(spec["rope_base"])
         w.add_layer_norm_rms_eps(1e-6)
-        if arch == "deepseek32":
+        if arch in ("deepseek32", "glm-dsa"):
             # "%s.attention.indexer.{head_count,key_length,top_k}" (src/llama-arch.cpp), all required
             w.add_indexer_head_count(spec["indexer_n_head"])
             w.add_indexer_key_length(spec["indexer_head_size"])
             w.add_indexer_top_k(spec["indexer_top_k"])
+        if arch == "glm-dsa":
+            # per-layer 1 (full) / 0 (shared top-k); the loader reads it with get_key_or_arr, n_layer long
+            w.add_key_value(f"{arch}.attention.indexer.types", [int(t) for t in spec["indexer_types"]],
+                            gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.UINT32)
         return
     w.add_head_count_kv(spec["n_head_kv"])
     if arch != "qwen2moe":

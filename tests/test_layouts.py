@@ -137,3 +137,18 @@ def test_deepseek32_counts_the_indexer_key_cache_on_trunk_layers():
     assert [(l.kind, l.k_bytes_per_token, l.v_bytes_per_token) for l in kv] == [
         ("mla", 2 * (576 + 128), 0), ("mla", 2 * (576 + 128), 0), ("none", 0, 0)]
     assert not any("approximate" in n for n in layout_notes(f))  # modelled
+
+
+@pytest.mark.parametrize("extra,want", [
+    ({"indexer_types": (1, 0, 1, 1)}, [True, False, True, False]),  # the key; the NextN block never
+    ({"context_length": 202752}, [True, True, True, False]),  # GLM 5 / 5.1: every indexer full
+    ({"context_length": 1048576}, [True, True, True, False]),  # GLM 5.2's default table starts 1, 1, 1, 0, 0, 0
+])
+def test_glm_dsa_indexer_cache_only_on_full_indexer_layers(extra, want):
+    from gpcrun.model.layouts import indexer_layers
+    f = {"architecture": "glm-dsa", "block_count": 4, "nextn_predict_layers": 1, "head_count": 4, "head_count_kv": 1,
+         "key_length": 576, "value_length": 512, "key_length_mla": 192, "value_length_mla": 128,
+         "indexer_key_length": 128, "embedding_length": 256, **extra}
+    assert indexer_layers(f) == want
+    kv = kv_cache_layers(f, "f16", "f16")
+    assert [l.k_bytes_per_token for l in kv[:3]] == [2 * (576 + 128 * w) for w in want[:3]]

@@ -56,7 +56,8 @@ def test_smollm2_answers_and_matches_header(llama_server_bin, smollm2, tmp_path)
     ("tiny-qwen35-q8_0", 1024, 2), ("tiny-granitehybrid-q8_0", 1024, 1), ("tiny-falcon-h1-f16", 512, 3),
     ("tiny-lfm2-q8_0", 1024, 2), ("tiny-nemotron-h-f16", 512, 1), ("tiny-jamba-q8_0", 1024, 2),
     ("tiny-qwen3next-q8_0", 1024, 2), ("tiny-kimi-linear-f16", 1024, 2), ("tiny-minimax-01-q8_0", 512, 3),
-    ("tiny-deepseek32-q8_0", 1024, 2)])  # MLA cache + the DSA indexer's key cache
+    ("tiny-deepseek32-q8_0", 1024, 2),  # MLA cache + the DSA indexer's key cache
+    ("tiny-glm-dsa-f16", 1024, 1)])  # ... on the "full" indexer layers only (indexer.types 1, 0, 1, 1)
 def test_tiny_models_answer_and_match_header(llama_server_bin, tiny_models, tmp_path, name, ctx, parallel):
     path = tiny_models[name]
     with RealServer(llama_server_bin, path, "-c", str(ctx), "-np", str(parallel), "-lv", "4", "--no-repack",

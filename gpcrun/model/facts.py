@@ -115,6 +115,7 @@ def derive_facts(md: Mapping[str, KVField], tensors: Iterable[TensorInfo], path:
         "kda_head_dim": a("kda.head_dim"),
         "shortconv_l_cache": a("shortconv.l_cache"),
         "indexer_key_length": a("attention.indexer.key_length"),
+        "indexer_types": a("attention.indexer.types", bools=True),
         "recurrent": arch in _RECURRENT_ARCHS if arch else None,
         "tensor_count": len(tensors),
     }

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .ggml import _C, GGML_QUANT_SIZES
-from .layouts import DSA_INDEXER, layout
+from .layouts import indexer_layers, layout
 
 KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
 
@@ -67,8 +67,8 @@ def kv_cache_layers(facts: Mapping[str, Any], type_k: str = "f16", type_v: str =
     mla = bool(facts.get("key_length_mla") and facts.get("value_length_mla"))
     state = lay.state_bytes_per_seq
     # the DSA indexer's keys live in cells of their own cache, as many as the layer's: counted with its K
-    lid = facts.get("indexer_key_length") if facts.get("architecture") in DSA_INDEXER else 0
-    lid_bytes = _type_row_bytes(type_k, lid) if lid else 0
+    lid_on = indexer_layers(facts)
+    lid_bytes = _type_row_bytes(type_k, facts["indexer_key_length"]) if any(lid_on) else 0
     out = []
     for il in range(n_layer):
         st = state if lay.recurrent[il] else 0
@@ -78,7 +78,7 @@ def kv_cache_layers(facts: Mapping[str, Any], type_k: str = "f16", type_v: str =
             out.append(LayerKV(il, "swa", _type_row_bytes(type_k, heads_kv[il] * hk_swa),
                                _type_row_bytes(type_v, heads_kv[il] * hv_swa), window, st))
         elif mla:  # the V cache is a view of K: no V bytes
-            k = _type_row_bytes(type_k, heads_kv[il] * hk) + (lid_bytes if il < lay.n_trunk else 0)
+            k = _type_row_bytes(type_k, heads_kv[il] * hk) + (lid_bytes if lid_on[il] else 0)
             out.append(LayerKV(il, "mla", k, 0, None, st))
         else:
             out.append(LayerKV(il, "full", _type_row_bytes(type_k, heads_kv[il] * hk),

@@ -33,15 +33,17 @@ NOT_MODELLED = {
     "qwen4exp": "an indexer cache beside the hybrid memory (llama_memory_hybrid_idx)",
     "glm5-next": "an indexer cache beside the hybrid memory (llama_memory_hybrid_idx)",
     "deepseek4": "its compressed caches (llama_kv_cache_dsv4)",
-    "glm-dsa": "an indexer cache beside the MLA cache (llama_kv_cache_dsa)",
     "minimax-m3": "an indexer cache (llama_kv_cache_msa)",
     "dots3note": "an indexer cache with sliding windows (llama_kv_cache_dsa_iswa)",
     "hy_v4": "an indexer cache (llama_kv_cache_dsa) when indexer_top_k > 0",
 }
 # llama_kv_cache_dsa (llama-kv-cache-dsa.cpp): beside the MLA cache, an indexer key cache of the same cells with
-# one head of attention.indexer.key_length, type_k, no V (the hparams copy stays MLA), on every trunk layer
-# (llama-model.cpp:2435-2440 filter_lid; glm-dsa and hy_v4 keep only "full" indexer layers: not modelled)
-DSA_INDEXER = frozenset(("deepseek32",))
+# one head of attention.indexer.key_length, type_k, no V (the hparams copy stays MLA), on the trunk layers
+# filter_lid keeps (llama-model.cpp:2435-2440): every one for deepseek32, the "full" indexer layers for glm-dsa
+# (hy_v4's indexer cache depends on indexer_top_k: not modelled)
+DSA_INDEXER = frozenset(("deepseek32", "glm-dsa"))
+# glm-dsa.cpp GLM_5_2_DEFAULT_INDEXER_TYPES: layers 0 and 1, then every 4th from 2, up to 78 layers
+_GLM_5_2_INDEXER_TYPES = tuple([1, 1] + [1, 0, 0, 0] * 19)
 # NextN/MTP blocks are not loaded unless llama-server runs MTP speculation (--spec-type draft-mtp): their tensors
 # are TENSOR_SKIP (the `mtp_flags` of these models' load_tensors; common.cpp:1683 load_mtp)
 MTP_SKIPPED = frozenset(("bailingmoe3", "cohere2moe", "deepseek2", "deepseek32", "deepseek4", "glm-dsa", "glm4moe",
@@ -67,6 +69,31 @@ def _at(v: Any, i: int, default: int = 0) -> int:
     if isinstance(v, (list, tuple)):
         return int(v[i]) if i < len(v) else (int(v[-1]) if v else default)
     return int(v) if v is not None else default
+
+
+def indexer_layers(facts: Mapping[str, Any]) -> list[bool]:
+    """Per block, whether it holds a DSA indexer key cache (llama-model.cpp:2435-2440 filter_lid: trunk layers,
+    and for glm-dsa only those whose indexer is "full": attention.indexer.types, else every layer of a model
+    trained below 1M tokens (GLM 5, 5.1), else GLM 5.2's default table (glm-dsa.cpp load_arch_hparams))."""
+    arch = facts.get("architecture")
+    n_all = int(facts.get("block_count") or 0)
+    n = n_all - min(int(facts.get("nextn_predict_layers") or 0), n_all)
+    if arch not in DSA_INDEXER or not facts.get("indexer_key_length"):
+        return [False] * n_all
+    if arch == "glm-dsa":
+        given = facts.get("indexer_types")
+        if isinstance(given, (list, tuple)):
+            full = [bool(given[i]) if i < len(given) else False for i in range(n_all)]
+        elif given is not None:
+            full = [bool(given)] * n_all
+        elif (facts.get("context_length") or 0) < 1048576:
+            full = [True] * n_all
+        else:
+            full = [bool(_GLM_5_2_INDEXER_TYPES[i]) if i < len(_GLM_5_2_INDEXER_TYPES) else False
+                    for i in range(n_all)]
+    else:
+        full = [True] * n_all
+    return [i < n and full[i] for i in range(n_all)]
 
 
 def state_elems(facts: Mapping[str, Any]) -> tuple[int, int]:
