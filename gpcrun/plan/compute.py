@@ -71,7 +71,8 @@ def _compute_shape(facts) -> _ComputeShape:
     return s
 
 
-def estimate_compute_bytes(facts: dict, pl: Placement, kind: str, runs_layers: bool) -> int:
+def estimate_compute_bytes(facts: dict, pl: Placement, kind: str, runs_layers: bool,
+                           moved_attn: tuple[int, ...] = ()) -> int:
     """Compute buffer of one backend (llama.cpp `sched_reserve`): the peak of the graph allocator for one ubatch.
 
     Method: llama.cpp reserves the prompt graph for T = min(n_ubatch, -c) tokens (rounded up to whole sequences)
@@ -109,8 +110,13 @@ def estimate_compute_bytes(facts: dict, pl: Placement, kind: str, runs_layers: b
     fa = pl.flash_attn != "off"
     gpu_start = min(L, max(L + 1 - pl.ngl, 0))
     lo, hi = (gpu_start, L) if kind == "gpu" else (0, gpu_start)
-    full_here = s.full_prefix[hi] > s.full_prefix[lo]
-    attn_here = full_here or s.swa_prefix[hi] > s.swa_prefix[lo]
+    n_full, n_swa = s.full_prefix[hi] - s.full_prefix[lo], s.swa_prefix[hi] - s.swa_prefix[lo]
+    for il in moved_attn:  # CPU layers whose attention the scheduler runs on the GPU (fa_auto.moved_attention)
+        sign = 1 if kind == "gpu" else -1
+        n_full += sign * (s.full_prefix[il + 1] - s.full_prefix[il])
+        n_swa += sign * (s.swa_prefix[il + 1] - s.swa_prefix[il])
+    full_here = n_full > 0
+    attn_here = full_here or n_swa > 0
     ffn_here = lo < min(hi, L - 1)
     masks = ([n_kv] if s.any_full else []) + ([swa_kv] if s.any_swa else [])
     inputs = t * sum(masks) * (2 if fa else _F32)

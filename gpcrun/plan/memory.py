@@ -1,7 +1,10 @@
 """The memory map: what each device holds for a placement (weights, context, compute, other) against its room."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .compute import estimate_compute_bytes
+from .fa_auto import flash_attn_auto_off, moved_attention
 from .constants import HOST_PROCESS_OVERHEAD_BYTES, host_term_line_bytes
 from .kv import context_bytes_by_device
 from .layout import LayoutTable, _layer_device
@@ -23,6 +26,9 @@ def memory_map(table: LayoutTable, target: Target, pl: Placement, req: Request) 
     for il in range(table.n_layer + 1):
         runs[_layer_device(il, table.n_layer, pl.ngl, n_gpus, pl.splits)] = True
     runs[0] = True  # the CPU backend always holds the input and the graph's CPU parts
+    graph_pl = replace(pl, flash_attn="off") if flash_attn_auto_off(table, pl, n_gpus) else pl
+    # only the CPU -> GPU moves (single-GPU): layers the compute estimate counts on the CPU side
+    moved = tuple(il for il, (dev, att) in moved_attention(table, pl, n_gpus).items() if dev == 0 and att != 0)
     out = []
     for i, dev in enumerate(target.devices):
         if dev.kind == "host":
@@ -37,6 +43,6 @@ def memory_map(table: LayoutTable, target: Target, pl: Placement, req: Request) 
         if dev.kind == "host" and pl.mmap:
             held = table.host_mapped_bytes(pl, n_gpus)
         out.append(DeviceMemory(dev.name, dev.kind, held, ctx_b[i],
-                                estimate_compute_bytes(facts, pl, dev.kind, runs[i]),
+                                estimate_compute_bytes(facts, graph_pl, dev.kind, runs[i], moved),
                                 other, dev.capacity_bytes, margin, model_b[i]))
     return tuple(out)

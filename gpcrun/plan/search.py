@@ -7,6 +7,7 @@ from typing import Iterable, Sequence
 
 from ..model import ModelInfo
 from ..model.layouts import layout_notes
+from .fa_auto import flash_attn_auto_off
 from .speed import Calibration, forecast
 from .layout import LayoutTable, repack_types_for
 from .memory import memory_map
@@ -180,14 +181,18 @@ def _without_auto_ngl(args: Sequence[str]) -> list[str]:
 
 
 def make_plan(model: ModelInfo, target: Target, req: Request, calibration: Calibration | None = None) -> Plan:
-    plan = _make_plan(model, target, req, calibration)
+    table = LayoutTable(model, req.pinned.overrides, len(target.gpus), repack_types_for(target.cpu_isa),
+                        load_mtp=req.pinned.load_mtp)
+    plan = _make_plan(table, target, req, calibration)
     notes = layout_notes(model.facts, model.tensors, req.pinned.load_mtp)
+    shown = plan.chosen or plan.nearest
+    fa_note = flash_attn_auto_off(table, shown.placement, len(target.gpus)) if shown is not None else None
+    notes += (fa_note,) if fa_note else ()
     return replace(plan, notes=notes) if notes else plan
 
 
-def _make_plan(model: ModelInfo, target: Target, req: Request, calibration: Calibration | None = None) -> Plan:
-    table = LayoutTable(model, req.pinned.overrides, len(target.gpus), repack_types_for(target.cpu_isa),
-                        load_mtp=req.pinned.load_mtp)
+def _make_plan(table: LayoutTable, target: Target, req: Request, calibration: Calibration | None = None) -> Plan:
+    model = table.model
     n = 0
     best = best_any = closest = None
     kvs = _kv_candidates(req)
