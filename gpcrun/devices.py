@@ -22,7 +22,7 @@ def with_llama_devices(target, sa, device_memory: Mapping[str, int] | None = Non
     rpc = [str(v) for v in sa.values("rpc")] if sa is not None else []  # each --rpc adds servers (arg.cpp)
     wanted = (sa.value("device") or "").split(",") if sa is not None and sa.value("device") else None
     if not rpc:
-        return only_devices(target, wanted)
+        return split_mode_devices(only_devices(target, wanted), sa)
     found = list_devices(server_bin or str(find_tool("llama-server")), ["--rpc", ",".join(rpc)])
     caps = dict(device_memory or {})
     rpcs = [d for d in found if d.backend == "RPC"]
@@ -35,7 +35,21 @@ def with_llama_devices(target, sa, device_memory: Mapping[str, int] | None = Non
         dev = with_device_rates(DeviceTarget(d.name, "gpu", free, None, 0, None, src),
                                  (cal or {}).get(f"RPC@{d.description}"))  # measured over the network
         gpus.append(dev if dev.decode_rates else replace(dev, source=src + "; rates not measured (GPCRUN_CALIBRATE)"))
-    return only_devices(replace(target, gpus=(*gpus, *target.gpus)), wanted)
+    return split_mode_devices(only_devices(replace(target, gpus=(*gpus, *target.gpus)), wanted), sa)
+
+
+def split_mode_devices(target, sa):
+    """`--split-mode none` keeps the main GPU only (`-mg`, default 0; a negative -mg none): llama.cpp
+    llama_model_load drops the other devices (src/llama.cpp:288-301). An -mg past the list is llama.cpp's own
+    load error; the plan then uses no GPU."""
+    from dataclasses import replace
+    if sa is None or str(sa.value("split-mode") or "layer") != "none" or not target.gpus:
+        return target
+    try:
+        main = int(sa.value("main-gpu") or 0)
+    except ValueError:
+        main = 0
+    return replace(target, gpus=(target.gpus[main],) if 0 <= main < len(target.gpus) else ())
 
 
 def _rpc_calibration(target, endpoints, types=(), head_dims=()) -> dict | None:
@@ -72,7 +86,8 @@ def with_watch_note(plan):
         return plan
     why = []
     if remote:
-        why.append(f"{', '.join(remote)}: that memory is on another host")
+        why.append(f"{', '.join(remote)}: that memory is on another host, and llama.cpp cannot re-read it while the"
+                   " server runs (a ggml-rpc-server serves one client at a time, ggml-rpc.cpp:2146-2153)")
     if unwatched:
         why.append(f"{', '.join(unwatched)}: no memory reading for that backend")
     note = (f"the watchdog watches this host's memory (and NVIDIA GPUs through NVML), not {'; not '.join(why)};"
@@ -94,3 +109,16 @@ def with_local_llama_gpus(target):
         return target
     gpus = gpus_from_llama(found)
     return replace(target, gpus=tuple(gpus)) if gpus else target
+
+
+def with_split_mode_note(plan, sa):
+    """`--split-mode row|tensor` over several GPUs is planned as llama.cpp's default layer split, and says so:
+    row splits each matrix by rows across the GPUs (make_gpu_buft_list, llama-model.cpp:1141-1166) and keeps
+    the rest with the KV cache on the main GPU; tensor splits weights and KV (EXPERIMENTAL in arg.cpp)."""
+    from dataclasses import replace
+    mode = str(sa.value("split-mode") or "layer") if sa is not None else "layer"
+    if mode not in ("row", "tensor") or len(plan.target.gpus) < 2:
+        return plan
+    note = (f"approximate: --split-mode {mode} is counted as a layer split across "
+            f"{', '.join(g.name for g in plan.target.gpus)}; the per-GPU figures are not {mode}-split figures")
+    return replace(plan, notes=(*plan.notes, note))

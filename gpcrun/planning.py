@@ -240,11 +240,11 @@ def _planned(model: ResolvedModel, request, target, sa, device_memory: Mapping[s
     from .plan import apply_extras, apply_prompt_cache, make_plan
     target = target if target is not None else build_target(types=model_types(model.info),
                                                             head_dims=model_head_dims(model.info))
-    from .devices import with_llama_devices, with_watch_note
+    from .devices import with_llama_devices, with_split_mode_note, with_watch_note
     target = with_llama_devices(target, sa, device_memory, types=model_types(model.info),
                                 head_dims=model_head_dims(model.info))
     plan = make_plan(model.info, target, request, load_calibration(model.info, target, request.pinned))
-    plan = with_watch_note(plan)
+    plan = with_split_mode_note(with_watch_note(plan), sa)
     lines, pc = _extras_and_cache(plan, request, sa, model)
     return apply_prompt_cache(apply_extras(plan, lines), pc), lines, pc
 

@@ -115,6 +115,40 @@ def test_device_flag_keeps_only_the_named_devices():
     assert _only(t, None) is t
 
 
+def test_split_mode_none_keeps_the_main_gpu_and_row_is_said_to_be_approximate():
+    """`-sm none` drops every device but `-mg` (src/llama.cpp:288-301); `-sm row` is planned as a layer split and
+    the plan says so."""
+    from gpcrun.devices import split_mode_devices, with_split_mode_note
+    from gpcrun.plan import DeviceTarget, Plan, Target
+    from gpcrun.server_args import ServerArgs
+    host = DeviceTarget("CPU", "host", 1 << 30, 1e10)
+    t = Target(host, (DeviceTarget("CUDA0", "gpu", 1, None), DeviceTarget("CUDA1", "gpu", 2, None)))
+    names = lambda args: [g.name for g in split_mode_devices(t, ServerArgs.parse(args)).gpus]  # noqa: E731
+    assert names(["-sm", "none"]) == ["CUDA0"]
+    assert names(["-sm", "none", "-mg", "1"]) == ["CUDA1"]
+    assert names(["-sm", "none", "-mg", "-1"]) == []
+    assert names(["-sm", "layer", "-mg", "1"]) == ["CUDA0", "CUDA1"]
+    assert names([]) == ["CUDA0", "CUDA1"]
+    plan = Plan("ship", (), None, None, (), t, 0)
+    with_note = lambda args: with_split_mode_note(plan, ServerArgs.parse(args)).notes  # noqa: E731
+    assert with_note(["-sm", "row"]) and "layer split across CUDA0, CUDA1" in with_note(["-sm", "row"])[0]
+    assert with_note(["-sm", "layer"]) == () and with_note([]) == ()
+
+
+def test_an_rpc_server_busy_with_another_client_is_a_one_line_error(llama_bin_dir, llama_server_bin, tiny_models,
+                                                                    tmp_path):
+    """ggml-rpc-server serves one client at a time: while a llama-server holds it, --list-devices waits; gpcrun
+    gives up at its timeout with a line that says why, instead of hanging."""
+    from gpcrun.errors import DeviceListError
+    from gpcrun.hardware.llama_devices import list_devices
+    with _rpc_servers(llama_bin_dir, 1) as endpoints:
+        assert [d.backend for d in list_devices(str(llama_server_bin), ["--rpc", endpoints])] == ["RPC"]
+        with RealServer(llama_server_bin, tiny_models["tiny-llama-f16"], "--rpc", endpoints, "-ngl", "99",
+                        "-c", "512", log_path=tmp_path / "server.log"):
+            with pytest.raises(DeviceListError, match="serves one client at a time"):
+                list_devices(str(llama_server_bin), ["--rpc", endpoints], timeout_s=2)
+
+
 def test_a_gpu_nvml_does_not_know_is_planned_from_llama_cpps_list(tmp_path, monkeypatch, tiny_models):
     """A Vulkan GPU (a fake llama-server prints its list: no Vulkan device exists on this machine): the plan
     offloads to it within the memory llama.cpp reports, and says the watchdog cannot read that memory."""

@@ -51,7 +51,12 @@ def list_devices(server_bin: str, args: Sequence[str] = (), env: Mapping[str, st
     try:
         p = subprocess.run([server_bin, *args, "--list-devices"], capture_output=True, text=True,
                            timeout=timeout_s, env=dict(env) if env is not None else None)
-    except (OSError, subprocess.TimeoutExpired) as e:
+    except subprocess.TimeoutExpired as e:
+        busy = (" (a ggml-rpc-server serves one client at a time, ggml-rpc.cpp:2146-2153: is another llama-server"
+                " connected to it?)" if "--rpc" in args else "")
+        raise DeviceListError(f"llama.cpp did not list its devices within {timeout_s:g} s ({server_bin} "
+                              f"{' '.join(args)} --list-devices){busy}") from e
+    except OSError as e:
         raise DeviceListError(f"cannot list llama.cpp's devices ({server_bin} --list-devices): {e}") from e
     devices = parse_list_devices(p.stdout + "\n" + p.stderr)
     if p.returncode != 0 and not devices:
