@@ -6,7 +6,8 @@ and Q8_0, hybrids that hold both a KV cache and recurrent state (layouts in gen_
 DeltaNet + gated attention), granitehybrid (Mamba-2 + attention), falcon-h1 (both in every layer), lfm2 (short
 conv + attention), nemotron_h (Mamba-2, attention and MLP-only layers), jamba (Mamba-1 + attention, MoE), qwen3next
 (Gated DeltaNet + gated attention, MoE + shared expert), kimi-linear (Kimi Delta Attention + K-only MLA, MoE) and
-minimax-01 (lightning attention + softmax attention, MoE).
+minimax-01 (lightning attention + softmax attention, MoE); in f16, glm5-next (Kimi Delta Attention + nope MLA with a
+k-pool DSA indexer, mHC, MoE; gen_models_sparse.py).
 
 Deterministic: fixed seeds, so the same script + vocab + llama-quantize give byte-identical files.
 Output: OUT/<key>/<name>.gguf, key = sha256(scripts, vocab, llama-quantize)[:16]; an existing full set is reused.
@@ -34,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gen_models_hybrid as hybrid  # noqa: E402
+import gen_models_sparse as sparse  # noqa: E402
 from _util import sha256_file  # noqa: E402
 
 N_VOCAB = 8192
@@ -134,6 +136,15 @@ SPECS = {
                          qk_nope_head_dim=64, v_head_dim=64, n_dense_lead=1, n_expert=8, n_expert_used=2,
                          n_ff_exp=256, n_expert_shared=1, expert_weights_scale=2.5, indexer_n_head=4,
                          indexer_head_size=64, indexer_top_k=64, indexer_types=(1, 0, 1, 1), quants=("q8_0",)),
+    # GLM-5.3-Flash shape (glm5-next, gen_models_sparse.py): Kimi Delta Attention at layers 0 and 2, nope-only MLA
+    # (q_lora 128, kv_lora 128) with a k-pool DSA indexer (4 heads of 64, top 64, pool 4) at layers 1 and 3, the
+    # indexer "full" on layer 1 only (types 1,1,1,0); mHC with 4 streams; one leading dense block, then MoE (8 experts
+    # of 128, top 2, one shared). f16 only: the mHC projections stay f32.
+    "tiny-glm5-next": dict(arch="glm5-next", seed=18, n_embd=256, n_layer=4, layout="M*M*", n_head=4, n_ff=512,
+                           n_ctx=4096, kda_head_dim=64, d_conv=4, q_lora_rank=128, kv_lora_rank=128,
+                           key_length_mla=64, v_head_dim=64, n_dense_lead=1, n_expert=8, n_expert_used=2,
+                           n_ff_exp=128, n_expert_shared=1, indexer_n_head=4, indexer_head_size=64,
+                           indexer_top_k=64, indexer_kpool=4, indexer_types=(1, 1, 1, 0), quants=()),
 }
 MODEL_NAMES = [f"{base}-{q}" for base, spec in SPECS.items() for q in ("f16", *spec["quants"])]
 
@@ -147,6 +158,7 @@ def log(msg: str) -> None:
 def cache_key(vocab_path: Path, quantize_bin: Path) -> str:
     h = hashlib.sha256(Path(__file__).read_bytes())
     h.update(Path(hybrid.__file__).read_bytes())
+    h.update(Path(sparse.__file__).read_bytes())
     h.update(sha256_file(vocab_path).encode())
     h.update(sha256_file(quantize_bin).encode())
     # numpy does not promise the same random stream across versions; gguf writes the files
@@ -211,6 +223,10 @@ def tensors_for(spec: dict) -> list[tuple[str, tuple[int, ...], str]]:
     """(name, numpy shape, kind) in writing order; numpy shapes are ggml dims reversed (see the kinds above)."""
     arch, e = spec["arch"], spec["n_embd"]
     ts = [("token_embd.weight", (N_VOCAB, e), "f16")]
+    if arch in sparse.ARCHS:
+        for i in range(spec["n_layer"]):
+            ts += sparse.layer_tensors(spec, i, _experts, hybrid._shexp)
+        return ts + [("output_norm.weight", (e,), "norm"), ("output.weight", (N_VOCAB, e), "f16")]
     if arch in hybrid.ARCHS:
         for i in range(spec["n_layer"]):
             ts += hybrid.layer_tensors(spec, i)
@@ -296,6 +312,9 @@ def write_metadata(w: "gguf.GGUFWriter", spec: dict) -> None:
     w.add_block_count(spec["n_layer"])
     if arch in hybrid.ARCHS:
         hybrid.write_metadata(w, spec)
+        return
+    if arch in sparse.ARCHS:
+        sparse.write_metadata(w, spec)
         return
     if arch == "mamba2":
         # as convert_hf_to_gguf's Mamba2Model: no attention, n_ff and n_head written as 0

@@ -93,3 +93,15 @@ def test_the_plan_notes_it_and_the_real_server_agrees(llama_bin_dir, llama_serve
             log = server.log()
     assert "Flash Attention not supported, set to disabled" in log
     assert "layer 2 is assigned to device CPU but Flash Attention is assigned to device RPC0" in log
+
+
+def test_fused_hc_post_goes_off_at_a_cpu_to_gpu_boundary():
+    """glm5-next: the last CPU layer's hyper-connection post op runs on the GPU after the split, and llama.cpp turns
+    the fused op off (measured: tiny-glm5-next, RPC0, -ngl 3: "layer 1 is assigned to device CPU but fused DeepSeek
+    V4 HC post is assigned to device RPC0"); all on one side keeps it."""
+    from gpcrun.plan.fa_auto import hc_post_auto_off
+    glm5 = _table("glm5-next", [0, 1, 0, 1])
+    off = {ngl for ngl in range(6)
+           if hc_post_auto_off(glm5, Placement(ngl=ngl, n_cpu_moe=0, ctx=512, type_k="f16", type_v="f16"), 1)}
+    assert off == {1, 2, 3, 4}
+    assert hc_post_auto_off(LFM2, Placement(ngl=4, n_cpu_moe=0, ctx=512, type_k="f16", type_v="f16"), 1) is None

@@ -152,3 +152,24 @@ def test_glm_dsa_indexer_cache_only_on_full_indexer_layers(extra, want):
     assert indexer_layers(f) == want
     kv = kv_cache_layers(f, "f16", "f16")
     assert [l.k_bytes_per_token for l in kv[:3]] == [2 * (576 + 128 * w) for w in want[:3]]
+
+
+def test_glm5_next_kda_state_mla_and_the_k_pool_indexer_on_full_attention_layers():
+    """llama_memory_hybrid_idx (llama-model.cpp:2457-2500): KDA layers (head_count_kv 0) hold the conv/delta state,
+    the others a K-only MLA cache, and the indexer cache (3 x key_length: key | gate | pooled,
+    llama-memory-hybrid-idx.cpp:56-58) sits on the non-recurrent trunk layers whose indexer is full; the NextN block
+    holds nothing. Checked on tiny-glm5-next against the real llama-server (tests/test_real_server.py)."""
+    from gpcrun.model.layouts import indexer_layers, indexer_row_elems
+    f = {"architecture": "glm5-next", "block_count": 5, "nextn_predict_layers": 1, "embedding_length": 256,
+         "head_count": 4, "head_count_kv": [0, 1, 0, 1, 1], "key_length": 128, "key_length_mla": 64,
+         "value_length_mla": 64, "kda_head_dim": 64, "ssm_conv_kernel": 4, "indexer_key_length": 64,
+         "indexer_types": (1, 1, 1, 0)}
+    assert _kinds(f) == ["state", "kv", "state", "kv", "-"]
+    assert indexer_layers(f) == [False, True, False, False, False]
+    assert indexer_row_elems(f) == 192
+    kv = kv_cache_layers(f, "f16", "f16")
+    assert [(l.kind, l.k_bytes_per_token, l.v_bytes_per_token) for l in kv] == [
+        ("recurrent", 0, 0), ("mla", 2 * (128 + 192), 0), ("recurrent", 0, 0), ("mla", 2 * 128, 0), ("none", 0, 0)]
+    assert layout(f).state_bytes_per_seq == 4 * (3 * 3 * 4 * 64 + 64 * 64 * 4)
+    assert not any("approximate" in n for n in layout_notes(f))
+    assert indexer_layers({**f, "indexer_types": None}) == [False, True, False, True, False]  # absent: all full

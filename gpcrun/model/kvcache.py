@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .ggml import _C, GGML_QUANT_SIZES
-from .layouts import indexer_layers, layout
+from .layouts import indexer_layers, indexer_row_elems, layout
 
 KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
 
@@ -68,7 +68,7 @@ def kv_cache_layers(facts: Mapping[str, Any], type_k: str = "f16", type_v: str =
     state = lay.state_bytes_per_seq
     # the DSA indexer's keys live in cells of their own cache, as many as the layer's: counted with its K
     lid_on = indexer_layers(facts)
-    lid_bytes = _type_row_bytes(type_k, facts["indexer_key_length"]) if any(lid_on) else 0
+    lid_bytes = _type_row_bytes(type_k, indexer_row_elems(facts)) if any(lid_on) else 0
     out = []
     for il in range(n_layer):
         st = state if lay.recurrent[il] else 0

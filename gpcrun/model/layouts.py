@@ -27,11 +27,14 @@ HKV_ZERO = frozenset(("jamba", "plamo2", "granitehybrid", "lfm2", "lfm2moe", "ki
 # nemotron-h.cpp: recurrent when n_head_kv == 0 and n_ff == 0; attention when not recurrent and n_ff == 0; a layer
 # with an FFN holds neither (filters at llama-model.cpp:2695-2728)
 NEMOTRON = frozenset(("nemotron_h", "nemotron_h_moe"))
-BOTH = frozenset(("falcon-h1",))  # every layer in both caches (filter_attn = filter_recr = true)
+BOTH = frozenset(("falcon-h1",))
+# llama_memory_hybrid_idx for glm5-next (llama-model.cpp:2457-2500): KDA layers (n_head_kv == 0, glm5-next.cpp:21-23)
+# recurrent, the others a K-only MLA cache, NextN blocks in neither; the indexer cache on the non-recurrent trunk
+# layers whose attention.indexer.types entry is 1 (all when absent)
+HYBRID_IDX = frozenset(("glm5-next",))  # every layer in both caches (filter_attn = filter_recr = true)
 # context memory classes not reproduced here (llama-model.cpp create_memory): counted as a plain KV cache
 NOT_MODELLED = {
     "qwen4exp": "an indexer cache beside the hybrid memory (llama_memory_hybrid_idx)",
-    "glm5-next": "an indexer cache beside the hybrid memory (llama_memory_hybrid_idx)",
     "deepseek4": "its compressed caches (llama_kv_cache_dsv4)",
     "minimax-m3": "an indexer cache (llama_kv_cache_msa)",
     "dots3note": "an indexer cache with sliding windows (llama_kv_cache_dsa_iswa)",
@@ -78,8 +81,14 @@ def indexer_layers(facts: Mapping[str, Any]) -> list[bool]:
     arch = facts.get("architecture")
     n_all = int(facts.get("block_count") or 0)
     n = n_all - min(int(facts.get("nextn_predict_layers") or 0), n_all)
-    if arch not in DSA_INDEXER or not facts.get("indexer_key_length"):
+    if (arch not in DSA_INDEXER and arch not in HYBRID_IDX) or not facts.get("indexer_key_length"):
         return [False] * n_all
+    if arch in HYBRID_IDX:
+        given = facts.get("indexer_types")
+        full = [bool(given[i]) if i < len(given) else True for i in range(n_all)] if isinstance(
+            given, (list, tuple)) else [given is None or bool(given)] * n_all
+        kv = layout(facts).kv
+        return [i < n and kv[i] and full[i] for i in range(n_all)]
     if arch == "glm-dsa":
         given = facts.get("indexer_types")
         if isinstance(given, (list, tuple)):
@@ -94,6 +103,13 @@ def indexer_layers(facts: Mapping[str, Any]) -> list[bool]:
     else:
         full = [True] * n_all
     return [i < n and full[i] for i in range(n_all)]
+
+
+def indexer_row_elems(facts: Mapping[str, Any]) -> int:
+    """Elements of one indexer cache row: one head of indexer.key_length, and for glm5-next's k-pool indexer the
+    raw key, its gate and the pooled key side by side (llama-memory-hybrid-idx.cpp:56-58, indexer_kpool_row 3)."""
+    k = int(facts.get("indexer_key_length") or 0)
+    return 3 * k if facts.get("architecture") in HYBRID_IDX else k
 
 
 def state_elems(facts: Mapping[str, Any]) -> tuple[int, int]:
@@ -144,6 +160,9 @@ def layout(facts: Mapping[str, Any]) -> Layout:
             recr = [i < n and (i + 1) % interval != 0 for i in range(n_all)]
         kv = [i < n and not recr[i] for i in range(n_all)]
         recr = [i < n and recr[i] for i in range(n_all)]
+    elif arch in HYBRID_IDX:
+        recr = [i < n and _at(hkv, i) == 0 for i in range(n_all)]
+        kv = [i < n and _at(hkv, i) > 0 for i in range(n_all)]
     elif arch in HKV_ZERO:
         recr = [i < n and _at(hkv, i) == 0 for i in range(n_all)]
         kv = [not recr[i] and _at(hkv, i) > 0 for i in range(n_all)]

@@ -72,7 +72,7 @@ def _compute_shape(facts) -> _ComputeShape:
 
 
 def estimate_compute_bytes(facts: dict, pl: Placement, kind: str, runs_layers: bool,
-                           moved_attn: tuple[int, ...] = ()) -> int:
+                           moved_attn: tuple[int, ...] = (), extra_rows: int = 0) -> int:
     """Compute buffer of one backend (llama.cpp `sched_reserve`): the peak of the graph allocator for one ubatch.
 
     Method: llama.cpp reserves the prompt graph for T = min(n_ubatch, -c) tokens (rounded up to whole sequences)
@@ -131,7 +131,7 @@ def estimate_compute_bytes(facts: dict, pl: Placement, kind: str, runs_layers: b
     else:
         act = max(_F32 * t * ffn_rows, kv_here * t * s.n_head * _F32 + _F32 * t * max(5 * e, 2 * e + 3 * qw))
     if kind == "gpu":
-        return int(inputs + act)
+        return int(inputs + act + _F32 * t * e * extra_rows)
     if hi > lo:
         return int(inputs + act + _F32 * t * e)
     b = _F32 * t * 4 * e + inputs

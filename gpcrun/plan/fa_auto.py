@@ -27,6 +27,14 @@ from ..model.layouts import layout
 from .layout import LayoutTable, _layer_device
 from .types import Placement
 
+# Architectures whose layers end in DeepSeek-V4's hyper-connection "post" op (fused: ggml_dsv4_hc_post); measured on
+# glm5-next only (deepseek4 and qwen4exp build it too, but their memory is not modelled)
+HC_POST = frozenset(("glm5-next",))
+# Without the fused op, build_hc_post (glm5-next.cpp:511-545) mixes the hc streams with per-stream MUL/ADD and a
+# growing CONCAT: the device after the split then peaks ~50 f32 rows of n_embd per ubatch token higher (tiny-glm5-next
+# on an RPC device, ngl 3: +25.5 MiB at ubatch 512, +6.2 MiB at 128; scripts/bench/plan_accuracy.py)
+HC_POST_UNFUSED_ROWS = 50
+
 # layer loops that expand the layer's input norm before anything else (see above)
 EARLY_EXPAND = frozenset(("qwen35", "qwen35moe", "qwen3next", "kimi-linear", "kimi-k3", "glm5-next", "qwen4exp"))
 
@@ -70,3 +78,18 @@ def flash_attn_auto_off(table: LayoutTable, pl: Placement, n_gpus: int) -> str |
                 f"(llama-context.cpp resolve_fused_ops); memory is counted without flash attention; "
                 f"another -ngl, or -fa on, keeps it")
     return None
+
+
+def hc_post_auto_off(table: LayoutTable, pl: Placement, n_gpus: int) -> str | None:
+    """The fused hyper-connection post op goes off (resolve_fused_ops, "fused DeepSeek V4 HC post") when the last
+    CPU layer's post op, the layer's last node and weightless, is scheduled on the GPU that runs the next layer
+    ("expand gpu up"): a CPU -> GPU boundary anywhere in the trunk, or before the output layer."""
+    if n_gpus == 0 or table.model.facts.get("architecture") not in HC_POST:
+        return None
+    n = table.n_layer
+    start = max(n + 1 - max(0, min(pl.ngl, n + 1)), 0)
+    if not 1 <= start <= n:
+        return None
+    return (f"fused hyper-connection post goes off here: layer {start - 1}'s runs on the GPU after the split "
+            f"(llama-context.cpp resolve_fused_ops); its unfused form costs that GPU ~{HC_POST_UNFUSED_ROWS} x "
+            f"n_embd f32 per ubatch token of compute (counted); an -ngl that offloads every layer keeps it fused")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .compute import estimate_compute_bytes
-from .fa_auto import flash_attn_auto_off, moved_attention
+from .fa_auto import HC_POST_UNFUSED_ROWS, flash_attn_auto_off, hc_post_auto_off, moved_attention
 from .constants import HOST_PROCESS_OVERHEAD_BYTES, host_term_line_bytes
 from .kv import context_bytes_by_device
 from .layout import LayoutTable, _layer_device
@@ -29,6 +29,7 @@ def memory_map(table: LayoutTable, target: Target, pl: Placement, req: Request) 
     graph_pl = replace(pl, flash_attn="off") if flash_attn_auto_off(table, pl, n_gpus) else pl
     # only the CPU -> GPU moves (single-GPU): layers the compute estimate counts on the CPU side
     moved = tuple(il for il, (dev, att) in moved_attention(table, pl, n_gpus).items() if dev == 0 and att != 0)
+    hc_rows = HC_POST_UNFUSED_ROWS if hc_post_auto_off(table, pl, n_gpus) else 0  # on the GPU after the split
     out = []
     for i, dev in enumerate(target.devices):
         if dev.kind == "host":
@@ -43,6 +44,7 @@ def memory_map(table: LayoutTable, target: Target, pl: Placement, req: Request) 
         if dev.kind == "host" and pl.mmap:
             held = table.host_mapped_bytes(pl, n_gpus)
         out.append(DeviceMemory(dev.name, dev.kind, held, ctx_b[i],
-                                estimate_compute_bytes(facts, graph_pl, dev.kind, runs[i], moved),
+                                estimate_compute_bytes(facts, graph_pl, dev.kind, runs[i], moved,
+                                                       hc_rows if i == 1 else 0),
                                 other, dev.capacity_bytes, margin, model_b[i]))
     return tuple(out)

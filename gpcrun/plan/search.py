@@ -7,7 +7,7 @@ from typing import Iterable, Sequence
 
 from ..model import ModelInfo
 from ..model.layouts import layout_notes
-from .fa_auto import flash_attn_auto_off
+from .fa_auto import flash_attn_auto_off, hc_post_auto_off
 from .speed import Calibration, forecast
 from .layout import LayoutTable, repack_types_for
 from .memory import memory_map
@@ -186,8 +186,10 @@ def make_plan(model: ModelInfo, target: Target, req: Request, calibration: Calib
     plan = _make_plan(table, target, req, calibration)
     notes = layout_notes(model.facts, model.tensors, req.pinned.load_mtp)
     shown = plan.chosen or plan.nearest
-    fa_note = flash_attn_auto_off(table, shown.placement, len(target.gpus)) if shown is not None else None
-    notes += (fa_note,) if fa_note else ()
+    if shown is not None:
+        for why in (flash_attn_auto_off, hc_post_auto_off):
+            note = why(table, shown.placement, len(target.gpus))
+            notes += (note,) if note else ()
     return replace(plan, notes=notes) if notes else plan
 
 

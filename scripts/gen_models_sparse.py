@@ -1,0 +1,125 @@
+"""Per-layer tensors and metadata for gen_models.py's sparse-attention hybrids: glm5-next (GLM-5.3-Flash).
+
+Layouts follow src/models/glm5-next.cpp load_arch_hparams / load_arch_tensors of the pinned llama.cpp. Tensor tuples
+are (name, numpy shape, kind) as in gen_models (numpy shapes are ggml ne reversed). The spec's "layout" string
+names each layer: "M" Kimi Delta Attention (recurrent, head_count_kv 0), "*" nope-only MLA with a k-pool DSA
+indexer. Its memory (llama_memory_hybrid_idx, llama-model.cpp:2457-2500): a K-only MLA cache on the "*" layers,
+an indexer key cache (one head of indexer.key_length x 3: key | gate | pooled) on the "*" layers whose
+attention.indexer.types entry is 1, and the KDA conv/delta state on the "M" layers.
+"""
+from __future__ import annotations
+
+import gguf
+
+ARCHS = ("glm5-next",)
+HC = 4  # glm5-next.cpp asserts hyper_connection.count == 4
+HC_MIX = (2 + HC) * HC
+
+
+def layout(spec: dict) -> str:
+    assert len(spec["layout"]) == spec["n_layer"], spec
+    return spec["layout"]
+
+
+def _kda(b: str, e: int, spec: dict) -> list:
+    # glm5-next.cpp load_arch_tensors, KDA layer: kimi-linear's shapes, but ssm_a is 1-D {n_head}
+    hd, nh, dc = spec["kda_head_dim"], spec["n_head"], spec["d_conv"]
+    di = hd * nh
+    return [(f"{b}.ssm_conv1d_q.weight", (1, di, 1, dc), "f32"),
+            (f"{b}.ssm_conv1d_k.weight", (1, di, 1, dc), "f32"),
+            (f"{b}.ssm_conv1d_v.weight", (1, di, 1, dc), "f32"),
+            (f"{b}.attn_q.weight", (di, e), "f16"),
+            (f"{b}.attn_k.weight", (di, e), "f16"),
+            (f"{b}.attn_v.weight", (di, e), "f16"),
+            (f"{b}.ssm_f_a.weight", (hd, e), "f16"),
+            (f"{b}.ssm_f_b.weight", (di, hd), "f16"),
+            (f"{b}.ssm_beta.weight", (nh, e), "f16"),
+            (f"{b}.ssm_a", (nh,), "ssm_a"),
+            (f"{b}.ssm_dt.bias", (di,), "ssm_dt_b"),
+            (f"{b}.ssm_g_a.weight", (hd, e), "f16"),
+            (f"{b}.ssm_g_b.weight", (di, hd), "f16"),
+            (f"{b}.ssm_norm.weight", (hd,), "norm"),
+            (f"{b}.attn_output.weight", (e, di), "f16")]
+
+
+def _dsa(b: str, e: int, spec: dict, full: bool) -> list:
+    # glm5-next.cpp load_arch_tensors, DSA layer: q_lora MLA without rope (n_rot 0), absorbed k_b / v_b; the
+    # k-pool indexer's tensors only on "full" layers
+    nh, qr, kvr = spec["n_head"], spec["q_lora_rank"], spec["kv_lora_rank"]
+    kmla, vd = spec["key_length_mla"], spec["v_head_dim"]
+    ts = [(f"{b}.attn_q_a_norm.weight", (qr,), "norm"),
+          (f"{b}.attn_kv_a_norm.weight", (kvr,), "norm"),
+          (f"{b}.attn_q_a.weight", (qr, e), "f16"),
+          (f"{b}.attn_q_b.weight", (nh * kmla, qr), "f16"),
+          (f"{b}.attn_kv_a_mqa.weight", (kvr, e), "f16"),
+          (f"{b}.attn_k_b.weight", (nh, kvr, kmla), "f16"),
+          (f"{b}.attn_v_b.weight", (nh, vd, kvr), "f16"),
+          (f"{b}.attn_output.weight", (e, nh * vd), "f16")]
+    if full:
+        inh, ihs, kp = spec["indexer_n_head"], spec["indexer_head_size"], spec["indexer_kpool"]
+        ts += [(f"{b}.indexer.k_norm.weight", (ihs,), "norm"),
+               (f"{b}.indexer.k_norm.bias", (ihs,), "f32"),
+               (f"{b}.indexer.proj.weight", (inh, e), "f16"),
+               (f"{b}.indexer.attn_k.weight", (ihs, e), "f16"),
+               (f"{b}.indexer.attn_q_b.weight", (inh * ihs, qr), "f16"),
+               (f"{b}.indexer_compressor_gate.weight", (ihs, e), "f16"),
+               (f"{b}.indexer_compressor_ape.weight", (kp, ihs), "f32")]
+    return ts
+
+
+def layer_tensors(spec: dict, i: int, experts, shexp) -> list[tuple[str, tuple[int, ...], str]]:
+    b, e = f"blk.{i}", spec["n_embd"]
+    ts = [(f"{b}.attn_norm.weight", (e,), "norm"), (f"{b}.ffn_norm.weight", (e,), "norm"),
+          # mHC: the stream-mixing projections, f32 as the fused HC ops read them
+          (f"{b}.hc_attn_fn.weight", (HC_MIX, HC * e), "f32"),
+          (f"{b}.hc_attn_base.weight", (HC_MIX,), "f32"),
+          (f"{b}.hc_attn_scale.weight", (3,), "f32"),
+          (f"{b}.hc_ffn_fn.weight", (HC_MIX, HC * e), "f32"),
+          (f"{b}.hc_ffn_base.weight", (HC_MIX,), "f32"),
+          (f"{b}.hc_ffn_scale.weight", (3,), "f32")]
+    if layout(spec)[i] == "M":
+        ts += _kda(b, e, spec)
+    else:
+        ts += _dsa(b, e, spec, bool(spec["indexer_types"][i]))
+    if i < spec["n_dense_lead"]:
+        ts += [(f"{b}.ffn_gate.weight", (spec["n_ff"], e), "f16"),
+               (f"{b}.ffn_down.weight", (e, spec["n_ff"]), "f16"),
+               (f"{b}.ffn_up.weight", (spec["n_ff"], e), "f16")]
+    else:
+        ts += experts(b, e, spec["n_expert"], spec["n_ff_exp"])
+        ts += [(f"{b}.exp_probs_b.bias", (spec["n_expert"],), "f32")]
+        ts += shexp(b, e, spec["n_ff_exp"] * spec["n_expert_shared"])
+    return ts
+
+
+def write_metadata(w, spec: dict) -> None:
+    """glm5-next keys after gen_models' vocab_size / context_length / embedding_length / block_count: MLA as MQA
+    (head_count_kv 1 on "*" layers, 0 on KDA layers), key_length = kv_lora_rank (the cached latent, no rope)."""
+    arch = spec["arch"]
+    kvr = spec["kv_lora_rank"]
+    w.add_head_count(spec["n_head"])
+    w.add_head_count_kv([1 if c == "*" else 0 for c in layout(spec)])
+    w.add_feed_forward_length(spec["n_ff"])
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_key_length(kvr)
+    w.add_key_length_mla(spec["key_length_mla"])
+    w.add_value_length_mla(spec["v_head_dim"])
+    w.add_q_lora_rank(spec["q_lora_rank"])
+    w.add_kv_lora_rank(kvr)
+    w.add_rope_dimension_count(0)  # "GLM5-Next MLA is nope-only"
+    w.add_ssm_conv_kernel(spec["d_conv"])
+    w.add_kda_head_dim(spec["kda_head_dim"])
+    w.add_expert_count(spec["n_expert"])
+    w.add_expert_used_count(spec["n_expert_used"])
+    w.add_expert_feed_forward_length(spec["n_ff_exp"])
+    w.add_expert_shared_count(spec["n_expert_shared"])
+    w.add_leading_dense_block_count(spec["n_dense_lead"])
+    w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
+    w.add_uint32(f"{arch}.attention.indexer.head_count", spec["indexer_n_head"])
+    w.add_uint32(f"{arch}.attention.indexer.key_length", spec["indexer_head_size"])
+    w.add_uint32(f"{arch}.attention.indexer.top_k", spec["indexer_top_k"])
+    w.add_uint32(f"{arch}.attention.indexer.kpool", spec["indexer_kpool"])
+    w.add_array(f"{arch}.attention.indexer.types", [int(x) for x in spec["indexer_types"]])
+    w.add_uint32(f"{arch}.hyper_connection.count", HC)
+    w.add_uint32(f"{arch}.hyper_connection.sinkhorn_iterations", 20)
+    w.add_float32(f"{arch}.hyper_connection.epsilon", 1e-6)
