@@ -225,7 +225,7 @@ def tensors_for(spec: dict) -> list[tuple[str, tuple[int, ...], str]]:
     ts = [("token_embd.weight", (N_VOCAB, e), "f16")]
     if arch in sparse.ARCHS:
         for i in range(spec["n_layer"]):
-            ts += sparse.layer_tensors(spec, i, _experts, hybrid._shexp)
+            ts += sparse.layer_tensors(spec, i)
         return ts + [("output_norm.weight", (e,), "norm"), ("output.weight", (N_VOCAB, e), "f16")]
     if arch in hybrid.ARCHS:
         for i in range(spec["n_layer"]):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gguf
 
+import gen_models_hybrid as hybrid
+
 ARCHS = ("glm5-next",)
 HC = 4  # glm5-next.cpp asserts hyper_connection.count == 4
 HC_MIX = (2 + HC) * HC
@@ -23,23 +25,8 @@ def layout(spec: dict) -> str:
 
 def _kda(b: str, e: int, spec: dict) -> list:
     # glm5-next.cpp load_arch_tensors, KDA layer: kimi-linear's shapes, but ssm_a is 1-D {n_head}
-    hd, nh, dc = spec["kda_head_dim"], spec["n_head"], spec["d_conv"]
-    di = hd * nh
-    return [(f"{b}.ssm_conv1d_q.weight", (1, di, 1, dc), "f32"),
-            (f"{b}.ssm_conv1d_k.weight", (1, di, 1, dc), "f32"),
-            (f"{b}.ssm_conv1d_v.weight", (1, di, 1, dc), "f32"),
-            (f"{b}.attn_q.weight", (di, e), "f16"),
-            (f"{b}.attn_k.weight", (di, e), "f16"),
-            (f"{b}.attn_v.weight", (di, e), "f16"),
-            (f"{b}.ssm_f_a.weight", (hd, e), "f16"),
-            (f"{b}.ssm_f_b.weight", (di, hd), "f16"),
-            (f"{b}.ssm_beta.weight", (nh, e), "f16"),
-            (f"{b}.ssm_a", (nh,), "ssm_a"),
-            (f"{b}.ssm_dt.bias", (di,), "ssm_dt_b"),
-            (f"{b}.ssm_g_a.weight", (hd, e), "f16"),
-            (f"{b}.ssm_g_b.weight", (di, hd), "f16"),
-            (f"{b}.ssm_norm.weight", (hd,), "norm"),
-            (f"{b}.attn_output.weight", (e, di), "f16")]
+    return [(n, (spec["n_head"],) if n.endswith(".ssm_a") else shape, kind)
+            for n, shape, kind in hybrid._kda(b, e, spec)]
 
 
 def _dsa(b: str, e: int, spec: dict, full: bool) -> list:
@@ -67,7 +54,7 @@ def _dsa(b: str, e: int, spec: dict, full: bool) -> list:
     return ts
 
 
-def layer_tensors(spec: dict, i: int, experts, shexp) -> list[tuple[str, tuple[int, ...], str]]:
+def layer_tensors(spec: dict, i: int) -> list[tuple[str, tuple[int, ...], str]]:
     b, e = f"blk.{i}", spec["n_embd"]
     ts = [(f"{b}.attn_norm.weight", (e,), "norm"), (f"{b}.ffn_norm.weight", (e,), "norm"),
           # mHC: the stream-mixing projections, f32 as the fused HC ops read them
@@ -86,9 +73,9 @@ def layer_tensors(spec: dict, i: int, experts, shexp) -> list[tuple[str, tuple[i
                (f"{b}.ffn_down.weight", (e, spec["n_ff"]), "f16"),
                (f"{b}.ffn_up.weight", (spec["n_ff"], e), "f16")]
     else:
-        ts += experts(b, e, spec["n_expert"], spec["n_ff_exp"])
+        ts += hybrid._experts(b, e, spec["n_expert"], spec["n_ff_exp"])
         ts += [(f"{b}.exp_probs_b.bias", (spec["n_expert"],), "f32")]
-        ts += shexp(b, e, spec["n_ff_exp"] * spec["n_expert_shared"])
+        ts += hybrid._shexp(b, e, spec["n_ff_exp"] * spec["n_expert_shared"])
     return ts
 
 
