@@ -145,6 +145,14 @@ SPECS = {
                            key_length_mla=64, v_head_dim=64, n_dense_lead=1, n_expert=8, n_expert_used=2,
                            n_ff_exp=128, n_expert_shared=1, indexer_n_head=4, indexer_head_size=64,
                            indexer_top_k=64, indexer_kpool=4, indexer_types=(1, 1, 1, 0), quants=()),
+    # qwen4exp (gen_models_sparse.py): tiny-qwen35's mixers (attention at layers 3 and 7, head_dim 128, n_rot 32 with
+    # MRoPE sections; Gated DeltaNet elsewhere) under 4 low-rank (16) hyper-connection streams, MoE (8 x 128, top 2)
+    # with a gated shared expert, and QSA on the attention layers: 4 indexer heads of 64, top 64, compress ratio 4.
+    "tiny-qwen4exp": dict(arch="qwen4exp", seed=19, n_embd=256, n_layer=8, full_attention_interval=4, n_head=4,
+                          n_head_kv=2, head_dim=128, n_rot=32, rope_sections=[6, 5, 5, 0], n_ff=512, n_ctx=262144,
+                          rope_base=10000000.0, d_conv=4, d_state=64, n_group=2, dt_rank=4, d_inner=256, hc=4,
+                          hc_low_rank=16, n_expert=8, n_expert_used=2, n_ff_exp=128, n_ff_shexp=128,
+                          indexer_n_head=4, indexer_head_size=64, indexer_top_k=64, compress_ratio=4, quants=()),
 }
 MODEL_NAMES = [f"{base}-{q}" for base, spec in SPECS.items() for q in ("f16", *spec["quants"])]
 
@@ -226,7 +234,7 @@ def tensors_for(spec: dict) -> list[tuple[str, tuple[int, ...], str]]:
     if arch in sparse.ARCHS:
         for i in range(spec["n_layer"]):
             ts += sparse.layer_tensors(spec, i)
-        return ts + [("output_norm.weight", (e,), "norm"), ("output.weight", (N_VOCAB, e), "f16")]
+        return ts + sparse.output_tensors(spec) + [("output.weight", (N_VOCAB, e), "f16")]
     if arch in hybrid.ARCHS:
         for i in range(spec["n_layer"]):
             ts += hybrid.layer_tensors(spec, i)

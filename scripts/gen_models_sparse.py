@@ -1,4 +1,5 @@
-"""Per-layer tensors and metadata for gen_models.py's sparse-attention hybrids: glm5-next (GLM-5.3-Flash).
+"""Per-layer tensors and metadata for gen_models.py's sparse-attention hybrids: glm5-next (GLM-5.3-Flash) and
+qwen4exp.
 
 Layouts follow src/models/glm5-next.cpp load_arch_hparams / load_arch_tensors of the pinned llama.cpp. Tensor tuples
 are (name, numpy shape, kind) as in gen_models (numpy shapes are ggml ne reversed). The spec's "layout" string
@@ -6,6 +7,12 @@ names each layer: "M" Kimi Delta Attention (recurrent, head_count_kv 0), "*" nop
 indexer. Its memory (llama_memory_hybrid_idx, llama-model.cpp:2457-2500): a K-only MLA cache on the "*" layers,
 an indexer key cache (one head of indexer.key_length x 3: key | gate | pooled) on the "*" layers whose
 attention.indexer.types entry is 1, and the KDA conv/delta state on the "M" layers.
+
+qwen4exp (src/models/qwen4exp.cpp): qwen35's layers (Gated DeltaNet, and gated attention every
+full_attention_interval-th layer) under low-rank hyper-connections (no attn_norm: each layer's two HC mixers carry
+the norms), an MoE FFN with a sigmoid-gated shared expert, and QSA on the attention layers: an indexer (q/k
+projections and norms) whose key cache (llama_memory_hybrid_idx, llama-model.cpp:2694-2770) holds the raw key and,
+with a compress ratio, the pooled key (2 x key_length).
 """
 from __future__ import annotations
 
@@ -13,14 +20,53 @@ import gguf
 
 import gen_models_hybrid as hybrid
 
-ARCHS = ("glm5-next",)
+ARCHS = ("glm5-next", "qwen4exp")
 HC = 4  # glm5-next.cpp asserts hyper_connection.count == 4
 HC_MIX = (2 + HC) * HC
 
 
 def layout(spec: dict) -> str:
+    if spec["arch"] == "qwen4exp":  # recurrent unless (i + 1) % full_attention_interval == 0 (qwen4exp.cpp:148-155)
+        return hybrid.layout({**spec, "arch": "qwen35"})
     assert len(spec["layout"]) == spec["n_layer"], spec
     return spec["layout"]
+
+
+def output_tensors(spec: dict) -> list:
+    e, hc, lr = spec["n_embd"], spec.get("hc", HC), spec.get("hc_low_rank", 0)
+    if spec["arch"] == "qwen4exp":  # no output_norm: the final hyper-connection mixer carries it
+        return [("output_hc_norm.weight", (hc, e), "norm"), ("output_hc_down.weight", (lr, hc * e), "f32"),
+                ("output_hc_up.weight", (hc * e, lr), "f32")]
+    return [("output_norm.weight", (e,), "norm")]
+
+
+def _qwen4exp_layer(spec: dict, i: int) -> list:
+    # qwen4exp.cpp load_block: two low-rank HC modules (norm gammas {n_embd, hc}, down/up, inject), then the mixer and
+    # the MoE FFN with a shared expert gated by ffn_gate_inp_shexp {n_embd}
+    b, e, hc, lr = f"blk.{i}", spec["n_embd"], spec["hc"], spec["hc_low_rank"]
+    nh, nkv, hd = spec["n_head"], spec["n_head_kv"], spec["head_dim"]
+    ts = []
+    for part in ("attn", "ffn"):
+        ts += [(f"{b}.hc_{part}_norm.weight", (hc, e), "norm"),
+               (f"{b}.hc_{part}_down.weight", (lr, hc * e), "f32"),
+               (f"{b}.hc_{part}_up.weight", (hc * e, lr), "f32"),
+               (f"{b}.hc_{part}_inject.weight", (hc, hc * e), "f32")]
+    if layout(spec)[i] == "*":
+        ihs = spec["indexer_head_size"]
+        ts += [(f"{b}.attn_q.weight", (2 * hd * nh, e), "f16"),  # query and output gate interleaved per head
+               (f"{b}.attn_k.weight", (hd * nkv, e), "f16"),
+               (f"{b}.attn_v.weight", (hd * nkv, e), "f16"),
+               (f"{b}.attn_output.weight", (e, hd * nh), "f16"),
+               (f"{b}.attn_q_norm.weight", (hd,), "norm"),
+               (f"{b}.attn_k_norm.weight", (hd,), "norm"),
+               (f"{b}.indexer.q_proj.weight", (spec["indexer_n_head"] * ihs, e), "f16"),
+               (f"{b}.indexer.k_proj.weight", (ihs, e), "f16"),
+               (f"{b}.indexer.q_norm.weight", (ihs,), "norm"),
+               (f"{b}.indexer.k_norm.weight", (ihs,), "norm")]
+    else:
+        ts += hybrid._gated_deltanet(b, e, {**spec, "arch": "qwen35"})
+    ts += hybrid._experts(b, e, spec["n_expert"], spec["n_ff_exp"])
+    return ts + [(f"{b}.ffn_gate_inp_shexp.weight", (e,), "f32")] + hybrid._shexp(b, e, spec["n_ff_shexp"])
 
 
 def _kda(b: str, e: int, spec: dict) -> list:
@@ -55,6 +101,8 @@ def _dsa(b: str, e: int, spec: dict, full: bool) -> list:
 
 
 def layer_tensors(spec: dict, i: int) -> list[tuple[str, tuple[int, ...], str]]:
+    if spec["arch"] == "qwen4exp":
+        return _qwen4exp_layer(spec, i)
     b, e = f"blk.{i}", spec["n_embd"]
     ts = [(f"{b}.attn_norm.weight", (e,), "norm"), (f"{b}.ffn_norm.weight", (e,), "norm"),
           # mHC: the stream-mixing projections, f32 as the fused HC ops read them
@@ -79,9 +127,39 @@ def layer_tensors(spec: dict, i: int) -> list[tuple[str, tuple[int, ...], str]]:
     return ts
 
 
+def _qwen4exp_metadata(w, spec: dict) -> None:
+    # qwen4exp.cpp load_arch_hparams: qwen35's attention and SSM keys, low-rank HC, QSA indexer (compress ratio
+    # per layer, 0 = none), MoE + shared expert; no PLE keys (none of its layers is PLE)
+    arch, hd = spec["arch"], spec["head_dim"]
+    w.add_head_count(spec["n_head"])
+    w.add_head_count_kv(spec["n_head_kv"])
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_feed_forward_length(spec["n_ff"])
+    w.add_rope_freq_base(spec["rope_base"])
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_dimension_count(spec["n_rot"])
+    w.add_rope_dimension_sections(spec["rope_sections"])
+    hybrid._ssm_keys(w, spec, spec["dt_rank"])
+    w.add_full_attention_interval(spec["full_attention_interval"])
+    w.add_expert_count(spec["n_expert"])
+    w.add_expert_used_count(spec["n_expert_used"])
+    w.add_expert_feed_forward_length(spec["n_ff_exp"])
+    w.add_expert_shared_feed_forward_length(spec["n_ff_shexp"])
+    w.add_uint32(f"{arch}.hyper_connection.count", spec["hc"])
+    w.add_uint32(f"{arch}.hyper_connection.low_rank", spec["hc_low_rank"])
+    w.add_uint32(f"{arch}.attention.indexer.head_count", spec["indexer_n_head"])
+    w.add_uint32(f"{arch}.attention.indexer.key_length", spec["indexer_head_size"])
+    w.add_uint32(f"{arch}.attention.indexer.top_k", spec["indexer_top_k"])
+    ratio = spec["compress_ratio"]
+    w.add_array(f"{arch}.attention.compress_ratios", [ratio if c == "*" else 0 for c in layout(spec)])
+
+
 def write_metadata(w, spec: dict) -> None:
     """glm5-next keys after gen_models' vocab_size / context_length / embedding_length / block_count: MLA as MQA
     (head_count_kv 1 on "*" layers, 0 on KDA layers), key_length = kv_lora_rank (the cached latent, no rope)."""
+    if spec["arch"] == "qwen4exp":
+        return _qwen4exp_metadata(w, spec)
     arch = spec["arch"]
     kvr = spec["kv_lora_rank"]
     w.add_head_count(spec["n_head"])

@@ -87,7 +87,7 @@ def _t(name: str, layer: int | None, n: int = 1 << 20):
 
 
 def test_notes_name_what_is_not_modelled_and_what_is_not_loaded():
-    assert "approximate: qwen4exp" in layout_notes({"architecture": "qwen4exp", "block_count": 4, **ATTN})[0]
+    assert "approximate: deepseek4" in layout_notes({"architecture": "deepseek4", "block_count": 4, **ATTN})[0]
     f = {"architecture": "qwen35", "block_count": 3, "nextn_predict_layers": 1, **ATTN, **SSM}
     tensors = [_t("blk.0.attn_q.weight", 0), _t("blk.2.attn_q.weight", 2), _t("blk.2.nextn.eh_proj.weight", 2)]
     (note,) = layout_notes(f, tensors)
@@ -173,3 +173,17 @@ def test_glm5_next_kda_state_mla_and_the_k_pool_indexer_on_full_attention_layers
     assert layout(f).state_bytes_per_seq == 4 * (3 * 3 * 4 * 64 + 64 * 64 * 4)
     assert not any("approximate" in n for n in layout_notes(f))
     assert indexer_layers({**f, "indexer_types": None}) == [False, True, False, True, False]  # absent: all full
+
+
+def test_qwen4exp_interval_layout_and_the_qsa_indexer_cache():
+    """qwen4exp (llama-model.cpp:2694-2770): qwen35's interval layout, and the QSA indexer cache on every attention
+    trunk layer: the raw key, plus the pooled key when a layer has a compress ratio (qwen4exp.cpp:63-83)."""
+    from gpcrun.model.layouts import indexer_layers, indexer_row_elems
+    f = {"architecture": "qwen4exp", "block_count": 9, "nextn_predict_layers": 1, **ATTN, **SSM,
+         "indexer_key_length": 64, "compress_ratios": (0, 0, 0, 4, 0, 0, 0, 4, 4)}
+    assert _kinds(f) == ["state", "state", "state", "kv", "state", "state", "state", "kv", "-"]
+    assert indexer_layers(f) == [False, False, False, True, False, False, False, True, False]
+    assert indexer_row_elems(f) == 128 and indexer_row_elems({**f, "compress_ratios": None}) == 64
+    kv = kv_cache_layers(f, "f16", "f16")
+    assert [l.k_bytes_per_token for l in kv[3:4]] == [2 * (2 * 64 + 128)]  # K of 2 heads x 64, plus the indexer
+    assert not any("approximate" in n for n in layout_notes(f))

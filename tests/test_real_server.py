@@ -60,7 +60,8 @@ def test_smollm2_answers_and_matches_header(llama_server_bin, smollm2, tmp_path)
     ("tiny-qwen3next-q8_0", 1024, 2), ("tiny-kimi-linear-f16", 1024, 2), ("tiny-minimax-01-q8_0", 512, 3),
     ("tiny-deepseek32-q8_0", 1024, 2),  # MLA cache + the DSA indexer's key cache
     ("tiny-glm-dsa-f16", 1024, 1),  # ... on the "full" indexer layers only (indexer.types 1, 0, 1, 1)
-    ("tiny-glm5-next-f16", 1024, 2)])  # KDA state + K-only MLA + the k-pool indexer cache (3 x key_length)
+    ("tiny-glm5-next-f16", 1024, 2),
+    ("tiny-qwen4exp-f16", 1024, 2)])  # Gated DeltaNet state + gated attention + the QSA indexer cache (2 x key_length)  # KDA state + K-only MLA + the k-pool indexer cache (3 x key_length)
 def test_tiny_models_answer_and_match_header(llama_server_bin, tiny_models, tmp_path, name, ctx, parallel):
     path = tiny_models[name]
     with RealServer(llama_server_bin, path, "-c", str(ctx), "-np", str(parallel), "-lv", "4", "--no-repack",

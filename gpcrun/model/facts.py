@@ -116,6 +116,8 @@ def derive_facts(md: Mapping[str, KVField], tensors: Iterable[TensorInfo], path:
         "shortconv_l_cache": a("shortconv.l_cache"),
         "indexer_key_length": a("attention.indexer.key_length"),
         "indexer_types": a("attention.indexer.types", bools=True),
+        "compress_ratios": a("attention.compress_ratios"),
+        "indexer_kpool": a("attention.indexer.kpool"),
         "recurrent": arch in _RECURRENT_ARCHS if arch else None,
         "tensor_count": len(tensors),
     }

@@ -66,7 +66,7 @@ def kv_cache_layers(facts: Mapping[str, Any], type_k: str = "f16", type_v: str =
         is_swa = [False] * n_layer
     mla = bool(facts.get("key_length_mla") and facts.get("value_length_mla"))
     state = lay.state_bytes_per_seq
-    # the DSA indexer's keys live in cells of their own cache, as many as the layer's: counted with its K
+    # an indexer's keys (DSA, k-pool, QSA) live in cells of their own cache, as many as the layer's: counted with its K
     lid_on = indexer_layers(facts)
     lid_bytes = _type_row_bytes(type_k, indexer_row_elems(facts)) if any(lid_on) else 0
     out = []
@@ -81,6 +81,6 @@ def kv_cache_layers(facts: Mapping[str, Any], type_k: str = "f16", type_v: str =
             k = _type_row_bytes(type_k, heads_kv[il] * hk) + (lid_bytes if lid_on[il] else 0)
             out.append(LayerKV(il, "mla", k, 0, None, st))
         else:
-            out.append(LayerKV(il, "full", _type_row_bytes(type_k, heads_kv[il] * hk),
-                               _type_row_bytes(type_v, heads_kv[il] * hv), None, st))
+            k = _type_row_bytes(type_k, heads_kv[il] * hk) + (lid_bytes if lid_on[il] else 0)
+            out.append(LayerKV(il, "full", k, _type_row_bytes(type_v, heads_kv[il] * hv), None, st))
     return tuple(out)

@@ -18,7 +18,7 @@ RECURRENT = frozenset(("mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv
 # llm_arch_is_hybrid, by how a layer is marked recurrent:
 # a recurrent_layers array, else every full_attention_interval-th layer attends (qwen3next.cpp:17-23,
 # qwen35.cpp, qwen35moe.cpp:20-26, minimax-01.cpp:12-18); NextN blocks are in neither cache (llama-model.cpp:2705)
-INTERVAL = {"qwen3next": 4, "qwen35": 4, "qwen35moe": 4, "minimax-01": 8}
+INTERVAL = {"qwen3next": 4, "qwen35": 4, "qwen35moe": 4, "qwen4exp": 4, "minimax-01": 8}
 # n_head_kv(il) == 0 for il < n_layer() (jamba.cpp, plamo2.cpp, granite-hybrid.cpp, lfm2.cpp:11-13,
 # lfm2moe.cpp:12-14, kimi-linear.cpp:17-19, kimi-k3.cpp:31-33, bailingmoe3.cpp:36-38); create_memory passes no
 # filters, so the attention cache covers every block with heads, NextN blocks included (llama-memory-hybrid.cpp:47)
@@ -27,14 +27,14 @@ HKV_ZERO = frozenset(("jamba", "plamo2", "granitehybrid", "lfm2", "lfm2moe", "ki
 # nemotron-h.cpp: recurrent when n_head_kv == 0 and n_ff == 0; attention when not recurrent and n_ff == 0; a layer
 # with an FFN holds neither (filters at llama-model.cpp:2695-2728)
 NEMOTRON = frozenset(("nemotron_h", "nemotron_h_moe"))
-BOTH = frozenset(("falcon-h1",))
+BOTH = frozenset(("falcon-h1",))  # every layer in both caches (filter_attn = filter_recr = true)
 # llama_memory_hybrid_idx for glm5-next (llama-model.cpp:2457-2500): KDA layers (n_head_kv == 0, glm5-next.cpp:21-23)
 # recurrent, the others a K-only MLA cache, NextN blocks in neither; the indexer cache on the non-recurrent trunk
-# layers whose attention.indexer.types entry is 1 (all when absent)
-HYBRID_IDX = frozenset(("glm5-next",))  # every layer in both caches (filter_attn = filter_recr = true)
+# layers whose attention.indexer.types entry is 1 (all when absent). qwen4exp (llama-model.cpp:2694-2770): its
+# interval layout (INTERVAL), and the QSA indexer cache on every attention trunk layer when indexer.key_length > 0
+HYBRID_IDX = frozenset(("glm5-next", "qwen4exp"))
 # context memory classes not reproduced here (llama-model.cpp create_memory): counted as a plain KV cache
 NOT_MODELLED = {
-    "qwen4exp": "an indexer cache beside the hybrid memory (llama_memory_hybrid_idx)",
     "deepseek4": "its compressed caches (llama_kv_cache_dsv4)",
     "minimax-m3": "an indexer cache (llama_kv_cache_msa)",
     "dots3note": "an indexer cache with sliding windows (llama_kv_cache_dsa_iswa)",
@@ -83,6 +83,9 @@ def indexer_layers(facts: Mapping[str, Any]) -> list[bool]:
     n = n_all - min(int(facts.get("nextn_predict_layers") or 0), n_all)
     if (arch not in DSA_INDEXER and arch not in HYBRID_IDX) or not facts.get("indexer_key_length"):
         return [False] * n_all
+    if arch == "qwen4exp":
+        kv = layout(facts).kv
+        return [i < n and kv[i] for i in range(n_all)]
     if arch in HYBRID_IDX:
         given = facts.get("indexer_types")
         full = [bool(given[i]) if i < len(given) else True for i in range(n_all)] if isinstance(
@@ -106,10 +109,16 @@ def indexer_layers(facts: Mapping[str, Any]) -> list[bool]:
 
 
 def indexer_row_elems(facts: Mapping[str, Any]) -> int:
-    """Elements of one indexer cache row: one head of indexer.key_length, and for glm5-next's k-pool indexer the
-    raw key, its gate and the pooled key side by side (llama-memory-hybrid-idx.cpp:56-58, indexer_kpool_row 3)."""
+    """Elements of one indexer cache row: one head of indexer.key_length, and for a k-pool indexer the raw key and
+    the pooled key side by side (llama-memory-hybrid-idx.cpp:56-58): key | gate | pooled for glm5-next (whose k-pool
+    is required), key | pooled for qwen4exp when a layer has a compress ratio (qwen4exp.cpp:63-83)."""
     k = int(facts.get("indexer_key_length") or 0)
-    return 3 * k if facts.get("architecture") in HYBRID_IDX else k
+    arch = facts.get("architecture")
+    if arch == "glm5-next":
+        return 3 * k
+    ratios = facts.get("compress_ratios")
+    pooled = any(ratios) if isinstance(ratios, (list, tuple)) else bool(ratios)
+    return 2 * k if arch == "qwen4exp" and pooled else k
 
 
 def state_elems(facts: Mapping[str, Any]) -> tuple[int, int]:

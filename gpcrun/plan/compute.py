@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..model import kv_cache_layers
+from ..model.layouts import indexer_layers
 from .kv import _pad, kv_size_tokens
 from .types import Placement
 
@@ -27,6 +28,8 @@ class _ComputeShape:
     any_swa: bool  # a sliding-window layer (a second, smaller mask)
     full_prefix: tuple[int, ...]  # full/MLA attention layers among the first i
     swa_prefix: tuple[int, ...]
+    idx_prefix: tuple[int, ...] = ()  # layers with a sparse-attention indexer (DSA, k-pool, QSA) among the first i
+    idx_pool: int = 1  # cells per indexer score (k-pool / compress ratio), 1 for DSA
 
 
 # the facts estimate_compute_bytes and kv_cache_layers read: the cache key (memory_map passes a fresh dict per call)
@@ -35,7 +38,9 @@ _COMPUTE_FACTS = ("block_count", "embedding_length", "feed_forward_length", "exp
                   "leading_dense_block_count", "ssm_conv_kernel", "ssm_inner_size", "ssm_group_count",
                   "ssm_state_size", "ssm_time_step_rank", "wkv_head_size", "token_shift_count", "recurrent",
                   "head_count", "head_count_kv", "key_length", "value_length", "key_length_swa", "value_length_swa",
-                  "key_length_mla", "value_length_mla", "sliding_window", "sliding_window_pattern")
+                  "key_length_mla", "value_length_mla", "sliding_window", "sliding_window_pattern", "architecture",
+                  "block_count", "nextn_predict_layers", "indexer_key_length", "indexer_types", "compress_ratios",
+                  "indexer_kpool", "context_length", "recurrent_layers", "full_attention_interval")
 
 
 def _compute_shape(facts) -> _ComputeShape:
@@ -64,9 +69,15 @@ def _compute_shape(facts) -> _ComputeShape:
     for l in layers:
         full.append(full[-1] + (l.kind in ("full", "mla")))
         swa.append(swa[-1] + (l.kind == "swa"))
+    idx = [0]
+    for on in indexer_layers(facts)[:len(layers)]:
+        idx.append(idx[-1] + on)
+    ratios = facts.get("compress_ratios")
+    pool = mx(facts.get("indexer_kpool")) or (max(ratios) if isinstance(ratios, (list, tuple)) and ratios else 0)
     s = _ComputeShape(len(layers), e, width, h, h * mx(facts.get("key_length")),
                       mx(facts.get("head_count_kv")) * mx(facts.get("value_length")), mx(facts.get("sliding_window")),
-                      any(l.kind == "mla" for l in layers), full[-1] > 0, swa[-1] > 0, tuple(full), tuple(swa))
+                      any(l.kind == "mla" for l in layers), full[-1] > 0, swa[-1] > 0, tuple(full), tuple(swa),
+                      tuple(idx), max(1, pool))
     _COMPUTE_SHAPES[key] = s
     return s
 
@@ -84,7 +95,11 @@ def estimate_compute_bytes(facts: dict, pl: Placement, kind: str, runs_layers: b
       cache; MLA instead: the f32 copy of V plus the KQV product);
     - a layer, in f32 rows of T tokens: max(5 n_embd, attention 6 n_embd or 2 n_embd + 3 q_width, FFN 4 n_embd +
       3 ffn_width); without flash attention the attention phase adds the f32 KQ scores n_kv x T x n_head (softmax
-      runs in place). The last layer runs its FFN on the output rows only, so a device holding only it has none;
+      runs in place); a sparse-attention layer (DSA / k-pool / QSA indexer) adds its f32 scores over the cache and
+      two T x n_kv copies of the top-k mask in the KQ mask's type (an all -inf row repeated, the selection scattered
+      in: qwen4exp.cpp:820-850); measured on tiny deepseek32, glm-dsa, glm5-next and qwen4exp up to 8192 cells
+      within -7.3 / +7.9 MiB, where leaving it out missed by up to 25 MiB and grew with the context.
+      The last layer runs its FFN on the output rows only, so a device holding only it has none;
     - a CPU that runs layers also keeps the input embeddings (+1 row); a CPU holding only the input layer has
       4 n_embd rows + the inputs, or the expert FFN (4 n_embd + 3 ffn_width rows) when --n-cpu-moe / -ot keeps
       experts on it.
@@ -126,10 +141,16 @@ def estimate_compute_bytes(facts: dict, pl: Placement, kind: str, runs_layers: b
     elif not fa and masks:  # V cache stored transposed: one index per element
         inputs += t * s.v_width * _IDX_BYTES * len(masks)
     ffn_rows = 4 * e + 3 * fw if ffn_here else 0
-    if fa or not attn_here:
-        act = _F32 * t * max(5 * e, max(6 * e, 2 * e + 3 * qw) if attn_here else 0, ffn_rows)
+    if fa:
+        attn = _F32 * t * max(6 * e, 2 * e + 3 * qw)
     else:
-        act = max(_F32 * t * ffn_rows, kv_here * t * s.n_head * _F32 + _F32 * t * max(5 * e, 2 * e + 3 * qw))
+        attn = kv_here * t * s.n_head * _F32 + _F32 * t * max(5 * e, 2 * e + 3 * qw)
+    if s.idx_prefix and s.idx_prefix[hi] > s.idx_prefix[lo]:
+        # sparse attention (deepseek32.cpp, glm-dsa.cpp, glm5-next.cpp, qwen4exp.cpp): the indexer's f32 scores
+        # over the cache (one per pool of cells) and the top-k mask built as an all -inf row repeated over the
+        # tokens and the scatter of the selected cells into it, in the KQ mask's type
+        attn += t * n_kv * (2 * (2 if fa else _F32)) + t * -(-n_kv // s.idx_pool) * _F32
+    act = max(_F32 * t * max(5 * e, ffn_rows), attn if attn_here else 0)
     if kind == "gpu":
         return int(inputs + act + _F32 * t * e * extra_rows)
     if hi > lo:
