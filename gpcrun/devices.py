@@ -81,7 +81,12 @@ def with_watch_note(plan):
     used = {m.device for m in (ev.memory if ev else ()) if m.total_bytes}
     remote = [g.name for g in plan.target.gpus if g.name in used and g.name.startswith("RPC")]
     unwatched = [g.name for g in plan.target.gpus if g.name in used and g.source.startswith("llama-server")
-                 and not g.name.startswith("RPC")]
+                 and not g.name.startswith("RPC") and not g.shares_host_memory]
+    shared = [g.name for g in plan.target.gpus if g.name in used and g.shares_host_memory]
+    if shared:
+        plan = replace(plan, notes=(*plan.notes, f"{', '.join(shared)} shares this host's memory (an integrated GPU):"
+                                    " what the plan puts there is counted against the host too, and the watchdog"
+                                    " watches it as host memory"))
     if not remote and not unwatched:
         return plan
     why = []
@@ -107,7 +112,7 @@ def with_local_llama_gpus(target):
         found = list_devices(str(find_tool("llama-server")))
     except Exception:  # noqa: BLE001 - no binary yet, or it cannot list (DeviceListError): the profile stands
         return target
-    gpus = gpus_from_llama(found)
+    gpus = gpus_from_llama(found, target.host.limit_bytes)
     return replace(target, gpus=tuple(gpus)) if gpus else target
 
 

@@ -56,22 +56,42 @@ def gpus_from_profile(doc: Mapping[str, Any]) -> list[DeviceTarget]:
     return out
 
 
-def gpus_from_llama(devices) -> list[DeviceTarget]:
+# An integrated GPU (by its name: AMD APUs' "Radeon 890M / 8060S / (TM) Graphics", Intel UHD / Iris / Arc
+# Graphics without a model number, Apple M-series, NVIDIA GB10 / Orin) that reports at least this share of the
+# host's memory as its own is taken to share host memory (Vulkan/HIP/SYCL report the UMA heap, i.e. system RAM); a
+# BIOS carve-out reports less and is a pool of its own. --list-devices does not print llama.cpp's device type.
+SHARED_MEMORY_SHARE = 0.9
+_INTEGRATED = re.compile(r"Radeon(\(TM\))? (\d{3,4}[MS] )?Graphics|Radeon Vega|\bUHD\b|\bIris\b|"
+                         r"Intel\(R\) (Arc\(TM\) )?Graphics|\bApple M\d|\bGB10\b|\bOrin\b", re.I)
+
+
+def gpus_from_llama(devices, host_total_bytes: int | None = None) -> list[DeviceTarget]:
     """Local GPUs NVML does not know (Vulkan, ROCm/HIP, SYCL, Metal ...) as llama.cpp lists them
     (hardware/llama_devices.py): its name, the free memory its backend reports, the spec sheet's bandwidth when the
-    description names a known GPU. RPC devices come from the user's --rpc (planning.with_llama_devices)."""
+    description names a known GPU. RPC devices come from the user's --rpc (planning.with_llama_devices).
+
+    An integrated GPU whose reported memory is the host's (>= SHARED_MEMORY_SHARE of host_total_bytes) shares host
+    memory: its
+    bytes count against the host too (plan/memory.py). llama.cpp adds integrated GPUs only when no discrete GPU was
+    found (llama_model_load, src/llama.cpp:280-285), so such devices are dropped when a separate-memory GPU is listed.
+    """
     out = []
     for d in devices:
         if d.backend in ("CPU", "RPC"):
             continue
         spec = _spec_for_name(d.description)
+        shared = (bool(host_total_bytes) and d.total_bytes >= SHARED_MEMORY_SHARE * host_total_bytes
+                  and _INTEGRATED.search(d.description) is not None)
         out.append(DeviceTarget(
             d.name, "gpu", d.free_bytes, spec.bandwidth_bytes_per_s if spec else None, 0,
             spec.fp16_tflops * 1e12 if spec else None,
             f"llama-server --list-devices: {d.name} {d.description} ({d.total_bytes >> 20} MiB, {d.free_bytes >> 20}"
-            f" MiB free); runtime overhead not known for {d.backend}; bandwidth "
+            f" MiB free)" + ("; shares host memory (integrated GPU)" if shared else "")
+            + f"; runtime overhead not known for {d.backend}; bandwidth "
             + (f"spec sheet {spec.name}" if spec else "unknown (no spec for this name)"),
-            layer_fixed_s=spec.layer_fixed_s if spec else None))
+            layer_fixed_s=spec.layer_fixed_s if spec else None, shares_host_memory=shared))
+    if any(not g.shares_host_memory for g in out):
+        out = [g for g in out if not g.shares_host_memory]
     return out
 
 

@@ -172,3 +172,36 @@ def test_a_gpu_nvml_does_not_know_is_planned_from_llama_cpps_list(tmp_path, monk
     mem = {m.device: m for m in plan.chosen.memory}
     assert mem["Vulkan0"].model_bytes > 0
     assert any("not Vulkan0: no memory reading for that backend" in n for n in plan.notes), plan.notes
+
+
+def test_an_integrated_gpu_on_shared_memory_is_counted_against_the_host_too(tmp_path, monkeypatch, tiny_models):
+    """A Vulkan iGPU reporting the host's RAM as its own (UMA): planned with shares_host_memory, the host must hold
+    its buffers beside its own, the watchdog watches it as host memory; listed beside a discrete GPU it is dropped,
+    as llama.cpp adds integrated GPUs only when no discrete one exists (src/llama.cpp:280-285)."""
+    from gpcrun.hardware.llama_devices import parse_list_devices
+    from gpcrun.model import load_model
+    from gpcrun.planning import ResolvedModel, build_request, build_target, plan_model
+    from gpcrun.planning import server_args as parse
+    from gpcrun.targets import gpus_from_llama
+    host_total = build_target().host.limit_bytes
+    igpu = f"  Vulkan0: AMD Radeon(TM) 890M Graphics (RADV GFX1150) ({host_total >> 20} MiB, 4000 MiB free)"
+    dgpu = "  Vulkan1: AMD Radeon RX 7900 XTX (RADV NAVI31) (24560 MiB, 24000 MiB free)"
+    (g,) = gpus_from_llama(parse_list_devices("Available devices:\n" + igpu), host_total)
+    assert g.shares_host_memory and "shares host memory" in g.source
+    both = gpus_from_llama(parse_list_devices("\n".join(["Available devices:", igpu, dgpu])), host_total)
+    assert [x.name for x in both] == ["Vulkan1"]
+    fake = tmp_path / "llama-server"
+    fake.write_text(f"#!/bin/sh\necho 'Available devices:'\necho '{igpu}'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("GPCRUN_LLAMA_SERVER", str(fake))
+    monkeypatch.setenv("GPCRUN_CALIBRATE", "off")
+    target = build_target()
+    path = tiny_models["tiny-llama-q8_0"]
+    sa = parse(["-c", "2048", "-ngl", "99"], {})
+    req = build_request(None, None, 1, 1.0, None, sa)
+    plan = plan_model(ResolvedModel(str(path), load_model(str(path)), None), req, target, sa)
+    host, gpu = plan.chosen.memory
+    assert gpu.device == "Vulkan0" and gpu.self_bytes > 0
+    assert host.other_bytes >= gpu.self_bytes  # the iGPU's buffers are host memory
+    assert any("Vulkan0 shares this host's memory" in n for n in plan.notes), plan.notes
+    assert not any("no memory reading for that backend" in n for n in plan.notes), plan.notes

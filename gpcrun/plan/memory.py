@@ -47,4 +47,9 @@ def memory_map(table: LayoutTable, target: Target, pl: Placement, req: Request) 
                                 estimate_compute_bytes(facts, graph_pl, dev.kind, runs[i], moved,
                                                        hc_rows if i == 1 else 0),
                                 other, dev.capacity_bytes, margin, model_b[i]))
+    # an integrated GPU's buffers are host memory: the host must hold them beside its own
+    shared = sum(m.self_bytes for m, d in zip(out, target.devices) if d.kind != "host" and d.shares_host_memory)
+    if shared:
+        out = [replace(m, other_bytes=m.other_bytes + shared) if d.kind == "host" else m
+               for m, d in zip(out, target.devices)]
     return tuple(out)

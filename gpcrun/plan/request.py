@@ -24,6 +24,7 @@ class DeviceTarget:
     limit_bytes: int | None = None  # host: effective limit (cgroup included); the margin is a share of it
     decode_rates: object | None = None  # host: plan.rates.HostRates measured by llama-bench (None: fallback)
     layer_fixed_s: float | None = None  # gpu: decode cost per layer beyond its bytes (spec row), None: default
+    shares_host_memory: bool = False  # gpu: an integrated GPU whose memory is the host's (its bytes count there too)
 
 
 @dataclass(frozen=True)
