@@ -153,6 +153,15 @@ SPECS = {
                           rope_base=10000000.0, d_conv=4, d_state=64, n_group=2, dt_rank=4, d_inner=256, hc=4,
                           hc_low_rank=16, n_expert=8, n_expert_used=2, n_ff_exp=128, n_ff_shexp=128,
                           indexer_n_head=4, indexer_head_size=64, indexer_top_k=64, compress_ratio=4, quants=()),
+    # DeepSeek-V4 (deepseek4, gen_models_sparse.py): 4 heads of 128 over one shared KV head (n_rot 64), q_lora 128,
+    # output in 2 groups of rank 64, a 128-token window, compress ratios 4, 128, 4, 0 (CSA with a lightning
+    # indexer of 4 x 64, HCA, CSA, window only); mHC; MoE (8 x 128, top 2, sqrt-softplus) with one shared expert.
+    # (An indexer head as wide as the attention head crashes this llama.cpp: the raw cache then takes the indexer's
+    # Hadamard rotation, and llama_kv_cache's rotation-size loop divides by zero; real checkpoints use 512 vs 128.)
+    "tiny-deepseek4": dict(arch="deepseek4", seed=20, n_embd=256, n_layer=4, n_head=4, head_dim=128, n_rot=64,
+                           q_lora_rank=128, o_groups=2, o_lora_rank=64, n_swa=128, compress_ratios=(4, 128, 4, 0),
+                           n_ff=512, n_ctx=8192, n_expert=8, n_expert_used=2, n_ff_exp=128, n_expert_shared=1,
+                           indexer_n_head=4, indexer_head_size=64, indexer_top_k=64, quants=()),
 }
 MODEL_NAMES = [f"{base}-{q}" for base, spec in SPECS.items() for q in ("f16", *spec["quants"])]
 

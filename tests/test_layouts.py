@@ -87,7 +87,7 @@ def _t(name: str, layer: int | None, n: int = 1 << 20):
 
 
 def test_notes_name_what_is_not_modelled_and_what_is_not_loaded():
-    assert "approximate: deepseek4" in layout_notes({"architecture": "deepseek4", "block_count": 4, **ATTN})[0]
+    assert "approximate: minimax-m3" in layout_notes({"architecture": "minimax-m3", "block_count": 4, **ATTN})[0]
     f = {"architecture": "qwen35", "block_count": 3, "nextn_predict_layers": 1, **ATTN, **SSM}
     tensors = [_t("blk.0.attn_q.weight", 0), _t("blk.2.attn_q.weight", 2), _t("blk.2.nextn.eh_proj.weight", 2)]
     (note,) = layout_notes(f, tensors)
@@ -186,4 +186,26 @@ def test_qwen4exp_interval_layout_and_the_qsa_indexer_cache():
     assert indexer_row_elems(f) == 128 and indexer_row_elems({**f, "compress_ratios": None}) == 64
     kv = kv_cache_layers(f, "f16", "f16")
     assert [l.k_bytes_per_token for l in kv[3:4]] == [2 * (2 * 64 + 128)]  # K of 2 heads x 64, plus the indexer
+    assert not any("approximate" in n for n in layout_notes(f))
+
+
+def test_deepseek4_window_compressed_caches_and_compressor_states():
+    """llama_kv_cache_dsv4 on tiny-deepseek4's shape (compress ratios 4, 128, 4, 0; key 128 over one KV head, indexer
+    key 64, window 128): -c 2048 with llama-server's default -np 4 -kvu, as the real server printed it:
+    window 3.00 + CSA 1.00 + HCA 0.25 + indexer 0.50 MiB of K, states CSA 0.125 + HCA 0.50 + indexer 0.0625 MiB."""
+    from types import SimpleNamespace
+
+    from gpcrun.plan import Placement
+    from gpcrun.plan.kv import context_bytes_by_device
+    f = {"architecture": "deepseek4", "block_count": 4, "embedding_length": 256, "head_count": 4,
+         "head_count_kv": 1, "key_length": 128, "value_length": 128, "sliding_window": 128,
+         "indexer_key_length": 64, "compress_ratios": (4, 128, 4, 0)}
+    kv = kv_cache_layers(f, "f16", "f16")
+    assert [(l.kind, l.compress_ratio, l.compressed_k_bytes) for l in kv] == [
+        ("dsv4", 4, 2 * (128 + 64)), ("dsv4", 128, 2 * 128), ("dsv4", 4, 2 * (128 + 64)), ("dsv4", 0, 0)]
+    assert [l.state_bytes_per_seq for l in kv] == [8 * (8 * 256 + 8 * 128), 8 * 128 * 128, 8 * (8 * 256 + 8 * 128), 0]
+    assert "compress_ratio" not in kv_cache_layers({**f, "architecture": "llama"})[0].to_json()
+    table = SimpleNamespace(kv_layers=lambda tk, tv: kv_cache_layers(f, tk, tv), n_layer=4)
+    pl = Placement(ngl=0, n_cpu_moe=0, ctx=2048, type_k="f16", type_v="f16", parallel=4, kv_unified=True)
+    assert context_bytes_by_device(table, pl, 0)[0] == int((3 + 1 + 0.25 + 0.5 + 0.125 + 0.5 + 0.0625) * (1 << 20))
     assert not any("approximate" in n for n in layout_notes(f))

@@ -18,7 +18,7 @@ MIB = 1 << 20
 def _server_figures(log: str) -> dict:
     # --no-repack: otherwise q4_K/q4_0 weights move from CPU_Mapped into a CPU_REPACK buffer of another size
     model = sum(float(m) for m in re.findall(r"CPU_Mapped model buffer size =\s+([\d.]+) MiB", log))
-    kv_bufs = re.findall(r"(?:KV|RS) buffer size =\s+([\d.]+) MiB", log)
+    kv_bufs = re.findall(r"(?:KV|RS|DSV4 \w+ state) buffer size =\s+([\d.]+) MiB", log)
     kv = sum(float(m) for m in kv_bufs)
     types = {t.upper(): int(n) for t, n in re.findall(r"- type\s+(\w+):\s+(\d+) tensors", log)}
     return {"model_mib": model, "kv_mib": kv, "types": types, "kv_buffers": len(kv_bufs)}
@@ -61,7 +61,8 @@ def test_smollm2_answers_and_matches_header(llama_server_bin, smollm2, tmp_path)
     ("tiny-deepseek32-q8_0", 1024, 2),  # MLA cache + the DSA indexer's key cache
     ("tiny-glm-dsa-f16", 1024, 1),  # ... on the "full" indexer layers only (indexer.types 1, 0, 1, 1)
     ("tiny-glm5-next-f16", 1024, 2),
-    ("tiny-qwen4exp-f16", 1024, 2)])  # Gated DeltaNet state + gated attention + the QSA indexer cache (2 x key_length)  # KDA state + K-only MLA + the k-pool indexer cache (3 x key_length)
+    ("tiny-qwen4exp-f16", 1024, 2),
+    ("tiny-deepseek4-f16", 1024, 2)])  # window, CSA/HCA compressed and indexer caches, compressor states  # Gated DeltaNet state + gated attention + the QSA indexer cache (2 x key_length)  # KDA state + K-only MLA + the k-pool indexer cache (3 x key_length)
 def test_tiny_models_answer_and_match_header(llama_server_bin, tiny_models, tmp_path, name, ctx, parallel):
     path = tiny_models[name]
     with RealServer(llama_server_bin, path, "-c", str(ctx), "-np", str(parallel), "-lv", "4", "--no-repack",

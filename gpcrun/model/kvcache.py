@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .ggml import _C, GGML_QUANT_SIZES
-from .layouts import indexer_layers, indexer_row_elems, layout
+from .layouts import DSV4, indexer_layers, indexer_row_elems, layout
 
 KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
 
@@ -16,14 +16,20 @@ class LayerKV:
     """KV cache cost of one layer, per token (attention) or per sequence (recurrent state)."""
 
     layer: int
-    kind: str  # "full" | "swa" | "mla" | "recurrent" | "none"
+    kind: str  # "full" | "swa" | "mla" | "recurrent" | "none" | "dsv4"
     k_bytes_per_token: int
     v_bytes_per_token: int
     window: int | None  # tokens held by an SWA layer
-    state_bytes_per_seq: int  # recurrent layers: conv + ssm state (f32)
+    state_bytes_per_seq: int  # recurrent layers: conv + ssm state (f32); dsv4: its compressor states
+    compress_ratio: int = 0  # dsv4: cells per compressed cell (4: CSA + indexer, 128: HCA, 0: window only)
+    compressed_k_bytes: int = 0  # dsv4: bytes of one compressed cell (its K, plus the indexer's on CSA layers)
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        if not self.compress_ratio:
+            d.pop("compress_ratio")
+            d.pop("compressed_k_bytes")
+        return d
 
 
 def _per_layer(v: Any, n_layer: int) -> list | None:
@@ -64,6 +70,8 @@ def kv_cache_layers(facts: Mapping[str, Any], type_k: str = "f16", type_v: str =
         is_swa = [True] * n_layer
     else:
         is_swa = [False] * n_layer
+    if facts.get("architecture") in DSV4:
+        return _dsv4_layers(facts, lay, heads_kv, hk_swa, type_k)
     mla = bool(facts.get("key_length_mla") and facts.get("value_length_mla"))
     state = lay.state_bytes_per_seq
     # an indexer's keys (DSA, k-pool, QSA) live in cells of their own cache, as many as the layer's: counted with its K
@@ -83,4 +91,25 @@ def kv_cache_layers(facts: Mapping[str, Any], type_k: str = "f16", type_v: str =
         else:
             k = _type_row_bytes(type_k, heads_kv[il] * hk) + (lid_bytes if lid_on[il] else 0)
             out.append(LayerKV(il, "full", k, _type_row_bytes(type_v, heads_kv[il] * hv), None, st))
+    return tuple(out)
+
+
+def _dsv4_layers(facts, lay, heads_kv, hk_swa: int, type_k: str) -> tuple[LayerKV, ...]:
+    """llama_kv_cache_dsv4 (llama-kv-cache-dsv4.cpp:1213-1335), every block (its hparams drop n_layer_nextn): a
+    K-only sliding-window cache of the raw keys, then by the layer's compress ratio a K-only cache of compressed keys
+    (4: CSA, with the lightning indexer's keys beside it; 128: HCA) and f32 compressor states (kv and score planes
+    of state x width per sequence: CSA 8 x 2 key_length, HCA 128 x key_length, indexer 8 x 2 indexer key_length)."""
+    ratios = facts.get("compress_ratios") or ()
+    hk = facts.get("key_length") or 0
+    ihs = facts.get("indexer_key_length") or 0
+    window = facts.get("sliding_window")
+    out = []
+    for il in range(len(lay.kv)):
+        if not lay.kv[il]:
+            out.append(LayerKV(il, "none", 0, 0, None, 0))
+            continue
+        r = int(ratios[il]) if il < len(ratios) else 0
+        comp = _type_row_bytes(type_k, hk) + (_type_row_bytes(type_k, ihs) if r == 4 else 0) if r else 0
+        state = {4: 2 * 4 * (8 * 2 * hk + 8 * 2 * ihs), 128: 2 * 4 * 128 * hk}.get(r, 0)
+        out.append(LayerKV(il, "dsv4", _type_row_bytes(type_k, heads_kv[il] * hk_swa), 0, window, state, r, comp))
     return tuple(out)

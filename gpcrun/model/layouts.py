@@ -33,9 +33,11 @@ BOTH = frozenset(("falcon-h1",))  # every layer in both caches (filter_attn = fi
 # layers whose attention.indexer.types entry is 1 (all when absent). qwen4exp (llama-model.cpp:2694-2770): its
 # interval layout (INTERVAL), and the QSA indexer cache on every attention trunk layer when indexer.key_length > 0
 HYBRID_IDX = frozenset(("glm5-next", "qwen4exp"))
+# llama_kv_cache_dsv4 (deepseek4): every block, NextN included (its cache hparams set n_layer_nextn = 0), holds a
+# sliding-window raw cache, and by its compress ratio compressed caches and compressor states (kvcache._dsv4_layers)
+DSV4 = frozenset(("deepseek4",))
 # context memory classes not reproduced here (llama-model.cpp create_memory): counted as a plain KV cache
 NOT_MODELLED = {
-    "deepseek4": "its compressed caches (llama_kv_cache_dsv4)",
     "minimax-m3": "an indexer cache (llama_kv_cache_msa)",
     "dots3note": "an indexer cache with sliding windows (llama_kv_cache_dsa_iswa)",
     "hy_v4": "an indexer cache (llama_kv_cache_dsa) when indexer_top_k > 0",
@@ -169,6 +171,9 @@ def layout(facts: Mapping[str, Any]) -> Layout:
             recr = [i < n and (i + 1) % interval != 0 for i in range(n_all)]
         kv = [i < n and not recr[i] for i in range(n_all)]
         recr = [i < n and recr[i] for i in range(n_all)]
+    elif arch in DSV4:
+        recr = [False] * n_all
+        kv = [_at(hkv, i) > 0 for i in range(n_all)]
     elif arch in HYBRID_IDX:
         recr = [i < n and _at(hkv, i) == 0 for i in range(n_all)]
         kv = [i < n and _at(hkv, i) > 0 for i in range(n_all)]

@@ -30,6 +30,7 @@ class _ComputeShape:
     swa_prefix: tuple[int, ...]
     idx_prefix: tuple[int, ...] = ()  # layers with a sparse-attention indexer (DSA, k-pool, QSA) among the first i
     idx_pool: int = 1  # cells per indexer score (k-pool / compress ratio), 1 for DSA
+    idx_mask_pool: int = 1  # cells per top-k mask entry: 1, or deepseek4's CSA ratio (it selects compressed cells)
 
 
 # the facts estimate_compute_bytes and kv_cache_layers read: the cache key (memory_map passes a fresh dict per call)
@@ -68,16 +69,17 @@ def _compute_shape(facts) -> _ComputeShape:
     full, swa = [0], [0]
     for l in layers:
         full.append(full[-1] + (l.kind in ("full", "mla")))
-        swa.append(swa[-1] + (l.kind == "swa"))
+        swa.append(swa[-1] + (l.kind in ("swa", "dsv4")))  # deepseek4 attends its window (+ compressed cells)
     idx = [0]
-    for on in indexer_layers(facts)[:len(layers)]:
-        idx.append(idx[-1] + on)
+    dsv4 = [l.compress_ratio == 4 for l in layers]  # deepseek4's CSA layers carry the lightning indexer
+    for on, csa in zip(indexer_layers(facts)[:len(layers)], dsv4):
+        idx.append(idx[-1] + (on or csa))
     ratios = facts.get("compress_ratios")
     pool = mx(facts.get("indexer_kpool")) or (max(ratios) if isinstance(ratios, (list, tuple)) and ratios else 0)
     s = _ComputeShape(len(layers), e, width, h, h * mx(facts.get("key_length")),
                       mx(facts.get("head_count_kv")) * mx(facts.get("value_length")), mx(facts.get("sliding_window")),
                       any(l.kind == "mla" for l in layers), full[-1] > 0, swa[-1] > 0, tuple(full), tuple(swa),
-                      tuple(idx), max(1, pool))
+                      tuple(idx), 4 if any(dsv4) else max(1, pool), 4 if any(dsv4) else 1)
     _COMPUTE_SHAPES[key] = s
     return s
 
@@ -149,7 +151,7 @@ def estimate_compute_bytes(facts: dict, pl: Placement, kind: str, runs_layers: b
         # sparse attention (deepseek32.cpp, glm-dsa.cpp, glm5-next.cpp, qwen4exp.cpp): the indexer's f32 scores
         # over the cache (one per pool of cells) and the top-k mask built as an all -inf row repeated over the
         # tokens and the scatter of the selected cells into it, in the KQ mask's type
-        attn += t * n_kv * (2 * (2 if fa else _F32)) + t * -(-n_kv // s.idx_pool) * _F32
+        attn += t * -(-n_kv // s.idx_mask_pool) * (2 * (2 if fa else _F32)) + t * -(-n_kv // s.idx_pool) * _F32
     act = max(_F32 * t * max(5 * e, ffn_rows), attn if attn_here else 0)
     if kind == "gpu":
         return int(inputs + act + _F32 * t * e * extra_rows)

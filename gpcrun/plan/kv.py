@@ -32,6 +32,11 @@ def context_bytes_by_device(table: LayoutTable, pl: Placement, n_gpus: int) -> l
         out[dev] += l.state_bytes_per_seq * n_seq
         if l.kind in ("recurrent", "none"):
             continue
+        if l.kind == "dsv4":  # llama_kv_cache_dsv4: per-sequence streams whether or not the KV is unified
+            raw = n_ctx_seq if pl.swa_full or not l.window else _pad(min(n_ctx_seq, l.window + pl.n_ubatch))
+            comp = _pad(max(1, -(-n_ctx_seq // l.compress_ratio))) if l.compress_ratio else 0
+            out[dev] += (l.k_bytes_per_token * raw + l.compressed_k_bytes * comp) * n_seq
+            continue
         cells = n_ctx_seq
         if l.kind == "swa" and l.window and not pl.swa_full:
             # iswa: PAD(min(n_ctx_seq, n_swa * (unified ? n_seq : 1) + n_ubatch), 256) cells per stream

@@ -138,6 +138,8 @@ def _device_json(d) -> dict:
         out["decode_rates"] = {"source": r.source, "measured_at_unix": r.measured_at_unix, "types": r.types()}
     if out.get("layer_fixed_s") is None:
         out.pop("layer_fixed_s", None)
+    if not out.get("shares_host_memory"):
+        out.pop("shares_host_memory", None)
     return out
 
 

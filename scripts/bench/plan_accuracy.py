@@ -230,7 +230,7 @@ def grid(models: dict[str, Path], quick: bool) -> list[Config]:
 
 # ----------------------------------------------------------------------------------------------- measure / plan
 
-_BUF_RE = re.compile(r"(\S+)\s+(model|KV|RS|compute|output) buffer size =\s+([\d.]+) MiB")
+_BUF_RE = re.compile(r"(\S+)\s+(model|KV|RS|compute|output|DSV4 \w+ state) buffer size =\s+([\d.]+) MiB")
 _COL = {"model": "model", "KV": "context", "RS": "context", "compute": "compute", "output": "output"}
 
 
@@ -240,8 +240,9 @@ def parse_buffers(log: str) -> tuple[dict[str, dict[str, float]], dict[str, dict
     n: dict[str, dict[str, int]] = {d: dict.fromkeys(COLUMNS, 0) for d in ("CPU", "RPC0")}
     for buf, kind, mib in _BUF_RE.findall(log):
         dev = "RPC0" if buf.startswith("RPC") else "CPU"
-        out[dev][_COL[kind]] += float(mib)
-        n[dev][_COL[kind]] += 1
+        col = "context" if kind.startswith("DSV4") else _COL[kind]  # deepseek4's compressor states
+        out[dev][col] += float(mib)
+        n[dev][col] += 1
     return out, n
 
 
