@@ -1,5 +1,5 @@
 """What `-fa auto` resolves to (gpcrun/plan/fa_auto.py): a table measured on the real llama-server with one
-ggml-rpc-server as the GPU (scripts/bench/fa_auto.py, 144 of 144 placements), and one real load."""
+ggml-rpc-server as the GPU (scripts/bench/fa_auto.py, 176 of 176 placements), and one real load."""
 from __future__ import annotations
 
 import json
