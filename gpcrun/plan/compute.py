@@ -108,8 +108,9 @@ def estimate_compute_bytes(facts: dict, pl: Placement, kind: str, runs_layers: b
     Measured (scripts/bench/plan_accuracy.py, CPU and ggml-rpc-server "GPU" buffers of this llama.cpp build):
     on the benchmark grid of the dense/MoE/SWA/MLA models (14 tiny models + SmolLM2, 487 runs) max error 3.0 MiB;
     with every memory layout (39 tiny models + SmolLM2, 1407 runs, 2465 buffers > 0.5 MiB) largest underestimate
-    13.0 MiB (minimax-01's lightning attention), from -77 % to +158 % on small buffers; on a wider fit set with synthetic shapes (n_embd 256-2048, n_ff 256-8192,
-    head widths 256-2048, -ub 128-1024, -np 1-3, fa on/off, 3758 cells) from -17 % to +47 % (largest
+    13.0 MiB (minimax-01's lightning attention), from -77 % to +158 % on small buffers; on a wider fit set with
+    synthetic shapes (n_embd 256-2048, n_ff 256-8192, head widths 256-2048, -ub 128-1024, -np 1-3, fa on/off, 3758
+    cells) from -17 % to +47 % (largest
     underestimate 3.0 MiB of 231 MiB). It overestimates most when n_ff < 1.5 n_embd (the allocator then fits FFN
     tensors into freed holes) and for a GPU holding only the last layer. CUDA buffers could not be measured here:
     CUDA runs the same graph through the same allocator, but ops it lacks fall back to the CPU and several GPUs with
