@@ -39,6 +39,10 @@ class UsageError(GpcrunError):
     exit = Exit.USAGE
 
 
+class RunNotFound(UsageError):
+    """No run matches the id given to `gpcrun logs` / `gpcrun stop`."""
+
+
 class ModelFileError(GpcrunError):
     """A model path that cannot be read at all (missing, a directory, permission)."""
 

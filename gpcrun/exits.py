@@ -31,7 +31,7 @@ class Exit(Enum):
     WATCHDOG = (13, "the watchdog stopped llama-server before memory ran out (see `incident.json`)",
                 "watchdog_abort")
     TIMEOUT = (14, "llama-server did not become ready within the load timeout (or a batch job exceeded its"
-                   " time limit)", "timeout")
+                   " time limit, or the run `gpcrun stop` asked to end was still running at its --timeout)", "timeout")
     BENCH_FAILED = (15, "the benchmark itself failed (the server answered something unusable); a receipt is still"
                         " written", "bench_failed")
     BATCH_INCOMPLETE = (16, "a batch finished, but not every job succeeded (refused, failed or timed out: see its"

@@ -70,9 +70,9 @@ def bench_cmd(model, url, prompt_tokens, gen_tokens, repetitions, concurrency, n
                 for r in plan.reasons:
                     click.echo(f"  - {r}", err=True)
 
-        res = run(RunConfig(model=model, server_args=server_args, ctx=ctx, kv_type=kv_type, parallel=parallel,
-                            floor_tok_s=floor, force=force, server_bin=server_bin, bench=cfg, quiet=True, echo=say,
-                            on_plan=on_plan, write_receipt=True, redact_paths=redact_paths, auto_port=True))
+        res = run(RunConfig(model=model, command="bench", server_args=server_args, ctx=ctx, kv_type=kv_type,
+                            parallel=parallel, floor_tok_s=floor, force=force, server_bin=server_bin, bench=cfg,
+                            quiet=True, echo=say, on_plan=on_plan, write_receipt=True, redact_paths=redact_paths, auto_port=True))
     _print(res, as_json, markdown)
     sys.exit(res.exit_code)
 

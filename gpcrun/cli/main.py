@@ -76,3 +76,4 @@ from . import serve_cmd  # noqa: E402,F401
 from . import receipt_cmd  # noqa: E402,F401
 from . import bench_cmd  # noqa: E402,F401
 from . import batch_cmd  # noqa: E402,F401
+from . import ps_cmd  # noqa: E402,F401

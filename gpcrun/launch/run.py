@@ -29,6 +29,7 @@ from .outcome import Outcome, advice_for, classify, fatal_line
 from .signals import on_termination
 from .supervisor import State, Supervisor
 from .sampling import make_sampler
+from .registry import RunRecord
 from .watchdog import Action, Limits, Watchdog
 
 # Load time budget: 30 s plus reading the file at 100 MB/s (a slow disk); a fixed 120 s fails big models.
@@ -97,6 +98,8 @@ class RunOptions:
     echo: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
     host_reader: Callable | None = None
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES  # server.log: head + rotating tail, never more on disk
+    command: str = "serve"  # what `gpcrun ps` shows this run as: serve, bench, batch
+    model_label: str | None = None  # the model as the user named it (path or hub ref)
 
 
 @dataclass
@@ -133,6 +136,7 @@ class ServerRun:
         self._nvml = None
         self._gpu_static: tuple = ()
         self._incident_written = False
+        self.record = RunRecord(opts.run_dir, opts.command, opts.model_label, self.url)  # `gpcrun ps`
         self._dead_reason: str | None = None
         self._secrets = secret_values(opts.argv[1:], os.environ)
         write_run_doc(opts.run_dir / "argv.json", opts.argv, self._secrets)
@@ -275,6 +279,7 @@ class ServerRun:
             sup.start()
         except OSError as e:
             return Outcome("load_failed", 11, "exec", f"could not start {o.argv[0]}: {e.strerror or e}")
+        self.record.update(state="loading", server_pid=sup.pid, attempt=n)
         wd.start()
         timeout = o.ready_timeout_s if o.ready_timeout_s is not None else load_timeout_s(o.model_bytes)
         # cancel: a signal to gpcrun is seen between two polls, not after the load timeout
@@ -289,6 +294,7 @@ class ServerRun:
             self.ready_s = time.monotonic() - t0
             self.ready_event.set()
             o.echo(f"gpcrun: ready at {self.url} in {self.ready_s:.2f} s (run dir {o.run_dir})")
+            self.record.update(state="ready", ready_at_unix=round(time.time(), 3))
             live = Liveness(self.url, self._api_key(), o.liveness_timeout_s, self._unresponsive)
             live.start()
             # until a signal, a death, the watchdog's SIGTERM or silence (then stop() below enforces the grace)
@@ -298,6 +304,7 @@ class ServerRun:
         elif sup.poll() is None and not self._stop_requested.is_set() and sup.state is State.LOADING:
             timed_out = True
         user_stop = self._stop_requested.is_set() and self._watchdog_action is None
+        self.record.update(state="stopping")
         if sup.poll() is None:
             sup.stop(self._stop_reason or ("load timeout" if timed_out else "stopping"), o.grace_s)
         else:
@@ -321,6 +328,7 @@ class ServerRun:
         o = self.opts
         n = 0
         outcome = None
+        self.record.register()
         while True:
             n += 1
             outcome = self.attempt(n)
@@ -345,6 +353,7 @@ class ServerRun:
                            wd.cpu_s if wd else 0.0, firing)
         self._close_log()
         self._write_doc("run.json", result.to_json())
+        self.record.unregister()
         if self._nvml is not None:
             self._nvml.close()
         return result

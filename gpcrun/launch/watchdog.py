@@ -219,6 +219,7 @@ class Watchdog:
         if self.samples_path:
             row = s.to_json()
             row["host_available_seen_bytes"] = seen_available(self.limits, self.recent)  # what decide() judged
+            row["host_term_line_bytes"] = self.limits.host_term_available_bytes  # `gpcrun ps` shows both
             try:
                 with open_private(self.samples_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
