@@ -171,6 +171,15 @@ def _prepare(cfg: RunConfig, res: RunResult, sa, env, user_model: bool, phase: l
     return args
 
 
+def _log_tail(run_dir, lines: int = 80) -> str | None:
+    """llama-server's last lines for the receipt (the failure's lines are there; build_receipt scrubs secrets)."""
+    if not run_dir:
+        return None
+    from .runs import log_tail
+    text, _ = log_tail(run_dir, lines, max_bytes=64 * 1024)
+    return text or None
+
+
 class _Deadline(BaseException):
     """A job's timeout_s ran out before llama-server started (a BaseException: no `except Exception` on the way
     swallows it)."""
@@ -338,11 +347,15 @@ def _finish(cfg: RunConfig, res: RunResult, profile: dict | None, env: Mapping[s
     if res.measured is not None:
         res.measured.update(compare_with_forecast(plan_doc, res.measured["decode_tok_s"]["mean"], cfg.floor_tok_s))
     build = ((res.measured or {}).get("server") or {}).get("build_info")
+    llama_cpp = {"build_info": build}
+    if res.argv:  # the binary that ran: its --version, and the sdist / cmake flags of the project's own build
+        from .launch.binary import build_info
+        llama_cpp.update(build_info(res.argv[0]))
     res.receipt = build_receipt(kind="bench", hardware=profile, model=res.model.receipt_doc() if res.model else None,
-                                plan=plan_doc, argv=res.argv, env=env, llama_cpp={"build_info": build},
+                                plan=plan_doc, argv=res.argv, env=env, llama_cpp=llama_cpp,
                                 measured=res.measured, envelope=res.envelope, outcome=res.outcome.to_json(),
                                 run_dir=str(res.run_dir) if res.run_dir else None,
-                                redact_path_names=cfg.redact_paths)
+                                redact_path_names=cfg.redact_paths, log_tail=_log_tail(res.run_dir))
     store = cfg.store if cfg.store is not None else ReceiptStore()
     res.receipt_path = store.save(res.receipt)
     return res

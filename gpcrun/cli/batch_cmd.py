@@ -11,7 +11,30 @@ from ..errors import GpcrunError
 from .main import emit_json, main
 
 
-@main.command("batch", context_settings={"ignore_unknown_options": False})
+_REPORT_HELP = """Usage: gpcrun batch report [OPTIONS] DIR...
+
+  Merge the summaries of one or more batch output directories (shards of one batch, or several batches) into
+  one table: job, model, config, verdict, forecast / prefill / decode tok/s, forecast error, peak VRAM and RAM,
+  outcome. Read-only.
+
+Options:
+  --json      Print the merged rows as JSON.
+  --markdown  Print them as a Markdown table.
+  -h, --help  Show this message and exit.
+"""
+
+
+class _BatchCommand(click.Command):
+    """`gpcrun batch report --help` is the report's help, not the batch runner's."""
+
+    def parse_args(self, ctx, args):
+        if args[:1] == ["report"] and any(a in ("-h", "--help") for a in args[1:]):
+            click.echo(_REPORT_HELP, nl=False)
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
+
+
+@main.command("batch", cls=_BatchCommand, context_settings={"ignore_unknown_options": False})
 @click.argument("args", nargs=-1, required=True)
 @click.option("--out", "out_dir", default=None, help="Output directory (default: next to JOBS.toml, <name>-out;"
               " a shard gets shard-I-of-N inside it).")

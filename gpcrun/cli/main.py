@@ -59,8 +59,27 @@ class _Group(click.Group):
             sys.exit(report(e))
 
 
+def _version(ctx, _param, value) -> None:
+    """gpcrun's version, and the llama-server it would use with its build (or why there is none)."""
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(f"gpcrun {__version__}")
+    from ..launch.binary import build_info, describe_build, find_tool
+    try:
+        server = find_tool("llama-server")
+    except Exception as e:  # noqa: BLE001 - ServerBinaryNotFound: say where it looked
+        click.echo(f"llama-server: not found ({e})")
+    else:
+        info = build_info(server)
+        click.echo(f"llama-server: {server}\nllama.cpp: {describe_build(info)}")
+        if info.get("cmake_flags"):
+            click.echo(f"cmake flags: {' '.join(info['cmake_flags'])}")
+    ctx.exit(0)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="gpcrun")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Show gpcrun's version, the llama-server it would use and that build, and exit.")
 def main() -> None:
     """Plan, launch, supervise and measure llama.cpp's llama-server."""
 

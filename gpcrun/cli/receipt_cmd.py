@@ -16,8 +16,9 @@ def receipt_group() -> None:
 @receipt_group.command("ls")
 @click.option("--model", default=None, help="Substring of the model file name, or its header sha256.")
 @click.option("--since", default=None, help="ISO time, e.g. 2026-11-01 or 2026-11-27T05:00:00Z.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The rows as one JSON list.")
 def ls_cmd(model, since, as_json):
+    """Stored receipts, newest first: id, time, kind, model, outcome, measured vs forecast decode speed, context."""
     from ..receipt import ReceiptStore
     store = ReceiptStore()
     rows = store.query(model=model, since=since)
@@ -37,9 +38,10 @@ def ls_cmd(model, since, as_json):
 
 @receipt_group.command("show")
 @click.argument("receipt_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The receipt document as stored.")
 @click.option("--markdown", is_flag=True, help="A GitHub-ready block for bug reports.")
 def show_cmd(receipt_id, as_json, markdown):
+    """One receipt (an id or a unique prefix): its summary, or --markdown / --json."""
     from ..receipt import ReceiptStore, to_markdown
     doc = ReceiptStore().get(receipt_id)
     if markdown:

@@ -34,12 +34,17 @@ def _summary(plan) -> str:
 @click.option("--force", is_flag=True, help="Start even when the plan refuses.")
 @click.option("--quiet", is_flag=True, help="Do not echo llama-server's log (it is still written to the run dir).")
 @click.option("--server-bin", default=None, help="llama-server binary (default: $GPCRUN_LLAMA_SERVER, cache, PATH).")
-@click.option("--ctx", type=click.IntRange(min=0), default=None)
-@click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default=None)
-@click.option("--floor", type=FiniteFloat(min=0), default=1.0, show_default=True)
+@click.option("--ctx", type=click.IntRange(min=0), default=None,
+              help="Context to plan for (-c); default: the largest that fits, >= 4096.")
+@click.option("--kv-type", type=click.Choice(KV_CACHE_TYPES), default=None,
+              help="KV cache type to plan with; default: f16, then q8_0 when f16 does not fit.")
+@click.option("--floor", type=FiniteFloat(min=0), default=1.0, show_default=True,
+              help="Refuse plans forecast below this many tokens/s (exit 10).")
 @click.option("--margin", type=FiniteFloat(min=0), default=None, help="GPU margin MiB (default 1024).")
-@click.option("--restart", type=click.Choice(["no", "on-failure"]), default="no", show_default=True)
-@click.option("--max-restarts", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--restart", type=click.Choice(["no", "on-failure"]), default="no", show_default=True,
+              help="Restart llama-server after a failure (not after a watchdog stop, an OOM kill or a bad flag).")
+@click.option("--max-restarts", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Restarts --restart on-failure may make; the delay doubles from 1 s.")
 @click.option("--ready-timeout", type=FiniteFloat(min=0), default=None,
               help="Seconds to wait for readiness (default: 30 s + model size at 100 MB/s).")
 @click.option("--grace", type=FiniteFloat(min=0), default=10.0, show_default=True,

