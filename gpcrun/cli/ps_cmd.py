@@ -96,3 +96,15 @@ def stop_cmd(run, timeout_s, as_json):
     if v.state not in ("finished", "dead"):
         from ..exits import Exit
         sys.exit(Exit.TIMEOUT.code)
+
+
+@main.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion_cmd(shell):
+    """Print the shell completion script for SHELL. Install: `gpcrun completion bash > ~/.local/share/bash-completion/
+    completions/gpcrun` (zsh: a file named _gpcrun on $fpath; fish: ~/.config/fish/completions/gpcrun.fish), or
+    `eval "$(gpcrun completion bash)"` in your shell's rc file."""
+    from click.shell_completion import get_completion_class
+    cls = get_completion_class(shell)
+    comp = cls(main, {}, "gpcrun", "_GPCRUN_COMPLETE")
+    click.echo(comp.source())
