@@ -51,6 +51,8 @@ class RunConfig:
     on_plan: Callable[[object, list], None] | None = None  # shown the plan and its changes before anything starts
     runs_root: Path | None = None
     command: str = "serve"  # what `gpcrun ps` calls the run: serve, bench or batch
+    metrics_port: int | None = None  # Prometheus exposition of the watchdog (launch/metrics.py)
+    metrics_textfile: str | None = None
     store: object | None = None  # receipt.ReceiptStore; None with write_receipt: the default store
     write_receipt: bool = False
     redact_paths: bool = False
@@ -227,6 +229,7 @@ def _serve(cfg: RunConfig, res: RunResult, binary: str, args: list[str], t_start
                                        liveness_timeout_s=cfg.liveness_timeout_s,
                                        limits=cfg.limits, restart=cfg.restart, max_restarts=cfg.max_restarts,
                                        quiet=cfg.quiet, echo=cfg.echo, command=cfg.command,
+                                       metrics_port=cfg.metrics_port, metrics_textfile=cfg.metrics_textfile,
                                        model_label=res.model.ref if res.model is not None else None,
                                        **({"log_max_bytes": cfg.log_max_bytes} if cfg.log_max_bytes else {})))
             if cfg.bench is None:  # serve: in this thread, until a signal, a death or the watchdog

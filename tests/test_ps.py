@@ -69,3 +69,39 @@ def test_a_gpcrun_killed_with_9_shows_dead_once_and_its_run_json_is_completed(tm
     t0 = time.monotonic()
     logs = _gpcrun("logs", run["run_id"], "--follow", env=env)  # a dead run: prints the tail and ends
     assert logs.returncode == 0 and time.monotonic() - t0 < 30
+
+
+def test_metrics_for_prometheus_port_and_textfile(tmp_path, llama_server_bin, tiny_models):
+    """--metrics-port serves the watchdog's figures as Prometheus text; --metrics-textfile writes the same for
+    node_exporter and is removed when the run ends (no stale 'ready')."""
+    import urllib.request
+
+    from tests.llama_server import free_port
+    env = _env(tmp_path, llama_server_bin)
+    port, prom = free_port(), tmp_path / "gpcrun.prom"
+    proc, _ = serve_until_ready(["--metrics-port", str(port), "--metrics-textfile", str(prom),
+                                 str(tiny_models["tiny-llama-q8_0"]), "--", "-c", "512", "-t", "1", "-tb", "1"], env)
+    try:
+        def scrape():
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        wait_until(lambda: 'state="ready"} 1' in scrape(), 10)
+        text = scrape()
+        for name in ("gpcrun_host_available_bytes", "gpcrun_host_term_line_bytes", "gpcrun_server_rss_bytes",
+                     "gpcrun_plan_bytes", "gpcrun_watchdog_firings_total"):
+            assert f"# TYPE {name} " in text, name
+        wait_until(lambda: prom.exists() and "gpcrun_server_rss_bytes" in prom.read_text(), 15)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert not prom.exists()
+
+
+def test_metrics_render_is_prometheus_text():
+    from gpcrun.launch.metrics import render
+    text = render({"host_available_seen_bytes": 5, "host_term_line_bytes": 2, "child_rss_bytes": 3,
+                   "gpus": [{"free_bytes": 7, "used_bytes": 1, "child_bytes": None, "power_mw": 100,
+                             "temperature_c": 40}]}, "loading", {"CPU": 9, "CUDA0": 4}, 1, "r1")
+    assert 'gpcrun_server_state{run="r1",state="loading"} 1' in text
+    assert 'gpcrun_gpu_free_bytes{run="r1",gpu="0"} 7' in text and "gpcrun_gpu_server_bytes" not in text
+    assert 'gpcrun_plan_bytes{run="r1",device="CUDA0"} 4' in text
+    assert text.count("# TYPE gpcrun_server_state gauge") == 1 and text.endswith("\n")

@@ -65,9 +65,14 @@ def _summary(plan) -> str:
 @click.option("--max-temp", type=click.IntRange(min=0), default=None, help="Watchdog: abort when a GPU stays at/above this C.")
 @click.option("--max-power", type=FiniteFloat(min=0), default=None,
               help="Watchdog: abort when a GPU stays at/above this % of its enforced power limit.")
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), default=None,
+              help="Serve the watchdog's figures for Prometheus at http://127.0.0.1:PORT/metrics (gpcrun_* names).")
+@click.option("--metrics-textfile", default=None, metavar="PATH",
+              help="Write them for node_exporter's textfile collector (PATH ends in .prom; every 5 s, atomic).")
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
 def serve_cmd(no_plan, force, quiet, server_bin, ctx, kv_type, floor, margin, restart, max_restarts, ready_timeout,
-              grace, liveness_timeout, log_max_mib, min_host_available, kill_host_available, min_gpu_free, max_temp, max_power, server_args):
+              grace, liveness_timeout, log_max_mib, min_host_available, kill_host_available, min_gpu_free, max_temp,
+              max_power, metrics_port, metrics_textfile, server_args):
     """gpcrun serve [OPTIONS] [MODEL] [--] LLAMA_SERVER_ARGS: your llama-server command line, planned first,
     then supervised and watched.
 
@@ -106,7 +111,8 @@ def serve_cmd(no_plan, force, quiet, server_bin, ctx, kv_type, floor, margin, re
                         ready_timeout_s=ready_timeout, grace_s=grace,
                         liveness_timeout_s=liveness_timeout, restart=restart, max_restarts=max_restarts,
                         limits=Limits(**{**base.to_json(), **kw}), quiet=quiet, on_plan=on_plan,
-                        log_max_bytes=log_max_mib * MIB))
+                        log_max_bytes=log_max_mib * MIB, metrics_port=metrics_port,
+                        metrics_textfile=metrics_textfile))
     o = res.outcome
     if o.kind != "refused":
         click.echo(f"gpcrun: {o.kind}: {o.reason} (run dir {res.run_dir})", err=True)

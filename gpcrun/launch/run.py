@@ -99,6 +99,8 @@ class RunOptions:
     host_reader: Callable | None = None
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES  # server.log: head + rotating tail, never more on disk
     command: str = "serve"  # what `gpcrun ps` shows this run as: serve, bench, batch
+    metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1 (launch/metrics.py); 0 = any free port
+    metrics_textfile: str | None = None  # ... or node_exporter's textfile collector
     model_label: str | None = None  # the model as the user named it (path or hub ref)
 
 
@@ -137,6 +139,7 @@ class ServerRun:
         self._gpu_static: tuple = ()
         self._incident_written = False
         self.record = RunRecord(opts.run_dir, opts.command, opts.model_label, self.url)  # `gpcrun ps`
+        self.metrics = None  # launch/metrics.MetricsExporter when asked for
         self._dead_reason: str | None = None
         self._secrets = secret_values(opts.argv[1:], os.environ)
         write_run_doc(opts.run_dir / "argv.json", opts.argv, self._secrets)
@@ -329,6 +332,8 @@ class ServerRun:
         n = 0
         outcome = None
         self.record.register()
+        from .metrics import exporter_for
+        self.metrics = exporter_for(self)
         while True:
             n += 1
             outcome = self.attempt(n)
@@ -354,6 +359,8 @@ class ServerRun:
         self._close_log()
         self._write_doc("run.json", result.to_json())
         self.record.unregister()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self._nvml is not None:
             self._nvml.close()
         return result
