@@ -247,13 +247,14 @@ class ServerRun:
             self._log = CappedLog(log, o.log_max_bytes)
         self._log.mark()
         self._watchdog_action = None
+        # the attempt marker goes to server.log only, before the listeners: the console shows llama-server's output
+        self._log.write(f"\n=== gpcrun attempt {n} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
         fatal = _FatalScan()
         unlisten = [self._log.listen(fatal.feed)]
         echo = None
         if not o.quiet:
             echo = ConsoleEcho()
             unlisten.append(self._log.listen(echo))
-        self._log.write(f"\n=== gpcrun attempt {n} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
         try:
             return self._attempt(n, fatal)
         finally:

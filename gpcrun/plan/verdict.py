@@ -32,10 +32,15 @@ def _describe_deficit(ev: Evaluation) -> str:
     return "nothing fits: closest plan (" + _describe_placement(ev).rsplit(" at ", 1)[0] + ") " + "; ".join(parts)
 
 
+ADVICE_MIN_GAIN = 1.15
+
+
 def ship_reasons(best: Evaluation, alt: Evaluation | None) -> tuple[str, ...]:
-    """A plan that ships; `alt` is the same search with a q8_0 KV cache, mentioned when it forecasts >5 % faster."""
+    """A plan that ships; `alt` is the same search with a q8_0 KV cache, mentioned only when worth acting on: it
+    forecasts at least ADVICE_MIN_GAIN faster, more than repeated decode measurements of one command spread on a
+    busy machine (scripts/bench/forecast_accuracy.py: 94.7-135.4 tok/s for SmolLM2 on the 2-core CI VM)."""
     reasons = ["fits: " + _describe_placement(best)]
-    if alt and alt.forecast.decode_tok_s and alt.forecast.decode_tok_s > 1.05 * best.forecast.decode_tok_s:
+    if alt and alt.forecast.decode_tok_s and alt.forecast.decode_tok_s > ADVICE_MIN_GAIN * best.forecast.decode_tok_s:
         gain = 100 * (alt.forecast.decode_tok_s / best.forecast.decode_tok_s - 1)
         reasons.append(f"--kv-type q8_0 forecasts faster (less KV to read, or room for a better"
                        f" placement): {_describe_placement(alt)} (+{gain:.0f} %)")
