@@ -53,6 +53,7 @@ class RunConfig:
     command: str = "serve"  # what `gpcrun ps` calls the run: serve, bench or batch
     metrics_port: int | None = None  # Prometheus exposition of the watchdog (launch/metrics.py)
     metrics_textfile: str | None = None
+    on_event: Callable[[dict], None] | None = None  # run state changes (loading, ready, stopping): serve --json
     store: object | None = None  # receipt.ReceiptStore; None with write_receipt: the default store
     write_receipt: bool = False
     redact_paths: bool = False
@@ -230,6 +231,7 @@ def _serve(cfg: RunConfig, res: RunResult, binary: str, args: list[str], t_start
                                        limits=cfg.limits, restart=cfg.restart, max_restarts=cfg.max_restarts,
                                        quiet=cfg.quiet, echo=cfg.echo, command=cfg.command,
                                        metrics_port=cfg.metrics_port, metrics_textfile=cfg.metrics_textfile,
+                                       on_event=cfg.on_event,
                                        model_label=res.model.ref if res.model is not None else None,
                                        **({"log_max_bytes": cfg.log_max_bytes} if cfg.log_max_bytes else {})))
             if cfg.bench is None:  # serve: in this thread, until a signal, a death or the watchdog

@@ -105,3 +105,31 @@ def test_metrics_render_is_prometheus_text():
     assert 'gpcrun_gpu_free_bytes{run="r1",gpu="0"} 7' in text and "gpcrun_gpu_server_bytes" not in text
     assert 'gpcrun_plan_bytes{run="r1",device="CUDA0"} 4' in text
     assert text.count("# TYPE gpcrun_server_state gauge") == 1 and text.endswith("\n")
+
+
+def test_serve_json_events_and_help_with_a_model(tmp_path, llama_server_bin, tiny_models):
+    """serve --json: JSON lines planned -> loading -> ready (URL) -> stopping -> stopped (outcome) on stdout;
+    `gpcrun serve MODEL -- --help` is llama-server's help, exit 0 (it used to start the model and fail, exit 11)."""
+    env = _env(tmp_path, llama_server_bin)
+    model = str(tiny_models["tiny-llama-q8_0"])
+    proc = subprocess.Popen([sys.executable, "-m", "gpcrun", "serve", "--quiet", "--json", model, "--", "-c", "512",
+                             "-t", "1", "-tb", "1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    events = []
+    try:
+        for line in proc.stdout:
+            events.append(json.loads(line))
+            if events[-1]["event"] == "ready":
+                break
+        proc.send_signal(signal.SIGTERM)
+        events += [json.loads(line) for line in proc.stdout]
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    names = [e["event"] for e in events]
+    assert names == ["planned", "loading", "ready", "stopping", "stopped"], names
+    assert events[0]["verdict"] == "ship" and events[2]["url"].startswith("http://127.0.0.1:")
+    assert events[-1]["outcome"]["kind"] == "clean_stop" and all("t_unix" in e for e in events)
+    h = _gpcrun("serve", model, "--", "--help", env=env)
+    assert h.returncode == 0 and "--ctx-size" in h.stdout, h.stderr[-500:]

@@ -1,7 +1,9 @@
 """gpcrun serve MODEL [-- llama-server args]: plan, then a supervised, watched llama-server."""
 from __future__ import annotations
 
+import json
 import sys
+import time
 
 import click
 
@@ -69,10 +71,13 @@ def _summary(plan) -> str:
               help="Serve the watchdog's figures for Prometheus at http://127.0.0.1:PORT/metrics (gpcrun_* names).")
 @click.option("--metrics-textfile", default=None, metavar="PATH",
               help="Write them for node_exporter's textfile collector (PATH ends in .prom; every 5 s, atomic).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Events as JSON lines on stdout: planned, loading, ready (with the URL), stopping, stopped (with"
+                   " the outcome); human lines stay on stderr.")
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
 def serve_cmd(no_plan, force, quiet, server_bin, ctx, kv_type, floor, margin, restart, max_restarts, ready_timeout,
               grace, liveness_timeout, log_max_mib, min_host_available, kill_host_available, min_gpu_free, max_temp,
-              max_power, metrics_port, metrics_textfile, server_args):
+              max_power, metrics_port, metrics_textfile, as_json, server_args):
     """gpcrun serve [OPTIONS] [MODEL] [--] LLAMA_SERVER_ARGS: your llama-server command line, planned first,
     then supervised and watched.
 
@@ -86,7 +91,7 @@ def serve_cmd(no_plan, force, quiet, server_bin, ctx, kv_type, floor, margin, re
     from ..pipeline import RunConfig, run
 
     model, server_args = split_model(server_args)
-    if server_args[:1] in (("--help",), ("-h",), ("--usage",)) and model is None:
+    if any(a in ("--help", "-h", "--usage") for a in server_args):  # llama-server's help, with or without MODEL
         _llama_server_help(server_bin)
 
     base = Limits.defaults(read_host_memory().effective_limit_bytes)
@@ -97,7 +102,15 @@ def serve_cmd(no_plan, force, quiet, server_bin, ctx, kv_type, floor, margin, re
     if kill_host_available is not None:
         kw["host_kill_available_bytes"] = kill_host_available * MIB
 
+    def event(doc: dict) -> None:
+        if as_json:
+            sys.stdout.write(json.dumps({"event": doc.pop("state", doc.get("event")), "t_unix": round(time.time(), 3),
+                                         **{k: v for k, v in doc.items() if k != "event"}}) + "\n")
+            sys.stdout.flush()
+
     def on_plan(plan, changes):
+        event({"event": "planned", "verdict": plan.verdict, "reasons": list(plan.reasons), "argv": list(plan.argv),
+               "changes": changes})
         click.echo(plan_summary(plan), err=True)
         click.echo(render_changes(changes), err=True)
         if plan.verdict != "ship":
@@ -112,8 +125,9 @@ def serve_cmd(no_plan, force, quiet, server_bin, ctx, kv_type, floor, margin, re
                         liveness_timeout_s=liveness_timeout, restart=restart, max_restarts=max_restarts,
                         limits=Limits(**{**base.to_json(), **kw}), quiet=quiet, on_plan=on_plan,
                         log_max_bytes=log_max_mib * MIB, metrics_port=metrics_port,
-                        metrics_textfile=metrics_textfile))
+                        metrics_textfile=metrics_textfile, on_event=event if as_json else None))
     o = res.outcome
+    event({"event": "stopped", "outcome": o.to_json(), "run_dir": str(res.run_dir) if res.run_dir else None})
     if o.kind != "refused":
         click.echo(f"gpcrun: {o.kind}: {o.reason} (run dir {res.run_dir})", err=True)
     sys.exit(o.exit_code)

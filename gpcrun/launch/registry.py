@@ -48,8 +48,10 @@ def process_start_ticks(pid: int, proc_root: Path = Path("/proc")) -> int | None
 class RunRecord:
     """The running gpcrun's side: register, update, unregister; failures to write never end the run."""
 
-    def __init__(self, run_dir: Path, command: str, model: str | None, url: str, home: Path | None = None):
+    def __init__(self, run_dir: Path, command: str, model: str | None, url: str, home: Path | None = None,
+                 on_change=None):
         self.run_dir = Path(run_dir)
+        self.on_change = on_change  # called with a copy of the document when the state changes
         self.entry = active_dir(home) / f"{self.run_dir.name}.json"
         pid = os.getpid()
         self.doc = {"schema": STATUS_SCHEMA, "run_id": self.run_dir.name, "run_dir": str(self.run_dir),
@@ -66,8 +68,15 @@ class RunRecord:
             pass
 
     def update(self, **changes) -> None:
+        before = self.doc.get("state")
         self.doc.update(changes)
         self._write_status()
+        if self.on_change is not None and self.doc.get("state") != before:
+            try:
+                self.on_change({k: self.doc[k] for k in ("state", "run_id", "run_dir", "url", "server_pid",
+                                                          "attempt")})
+            except Exception:  # noqa: BLE001 - a reader's failure never ends the run
+                pass
 
     def unregister(self) -> None:
         try:

@@ -101,6 +101,7 @@ class RunOptions:
     command: str = "serve"  # what `gpcrun ps` shows this run as: serve, bench, batch
     metrics_port: int | None = None  # Prometheus /metrics on 127.0.0.1 (launch/metrics.py); 0 = any free port
     metrics_textfile: str | None = None  # ... or node_exporter's textfile collector
+    on_event: Callable[[dict], None] | None = None  # each state change with the status document
     model_label: str | None = None  # the model as the user named it (path or hub ref)
 
 
@@ -138,7 +139,8 @@ class ServerRun:
         self._nvml = None
         self._gpu_static: tuple = ()
         self._incident_written = False
-        self.record = RunRecord(opts.run_dir, opts.command, opts.model_label, self.url)  # `gpcrun ps`
+        self.record = RunRecord(opts.run_dir, opts.command, opts.model_label, self.url,  # `gpcrun ps`
+                                on_change=opts.on_event)
         self.metrics = None  # launch/metrics.MetricsExporter when asked for
         self._dead_reason: str | None = None
         self._secrets = secret_values(opts.argv[1:], os.environ)
