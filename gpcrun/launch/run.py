@@ -222,6 +222,8 @@ class ServerRun:
     def _open_nvml(self) -> None:
         if not self.opts.use_nvml or self._nvml is not None:
             return
+        if self.opts.nvml_backend is None and not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/dxg")):
+            return  # no NVIDIA driver node (WSL2: /dev/dxg): no NVML to open; saves its import at every start
         from ..hardware.nvml import NvmlSession
         s = NvmlSession(self.opts.nvml_backend)
         if s.open():

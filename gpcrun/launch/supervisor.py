@@ -207,7 +207,9 @@ class Supervisor:
                     pass
                 if cancel is not None and cancel():
                     return False
-                time.sleep(poll_interval_s)
+                # small models are ready in a fraction of a second: poll finely at first (a refused connection
+                # costs microseconds), then every poll_interval_s (scripts/bench/startup.py)
+                time.sleep(min(poll_interval_s, 0.01) if self.clock() - t0 < 3.0 else poll_interval_s)
 
     @staticmethod
     def _probe(session, url: str, warmup: bool) -> str | None:
