@@ -10,9 +10,6 @@ import socket
 import urllib.parse
 from typing import Mapping, Sequence
 
-import requests
-import requests.adapters
-
 from ..server_args import ServerArgs, settings
 
 UNIX_SCHEME = "http+unix://"
@@ -65,41 +62,48 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = s
 
 
-class UnixAdapter(requests.adapters.BaseAdapter):
-    """requests over a UNIX socket: http+unix://<quoted socket path>/endpoint."""
+def _unix_adapter():
+    """requests over a UNIX socket: http+unix://<quoted socket path>/endpoint (requests is imported here, not at
+    start-up: llama-server is already loading by the time gpcrun first asks it anything)."""
+    import requests
+    import requests.adapters
 
-    def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
-        rest = request.url[len(UNIX_SCHEME):]
-        quoted, _, path = rest.partition("/")
-        t = timeout[0] if isinstance(timeout, tuple) else timeout
-        conn = _UnixConnection(urllib.parse.unquote(quoted), timeout=t)
-        try:
-            conn.request(request.method, "/" + path, body=request.body, headers=dict(request.headers))
-            raw = conn.getresponse()
-            resp = requests.Response()
-            resp.status_code = raw.status
-            resp.headers = requests.structures.CaseInsensitiveDict(raw.getheaders())
-            resp._content = raw.read()
-            resp.url = request.url
-            resp.request = request
-            resp.encoding = requests.utils.get_encoding_from_headers(resp.headers)
-            return resp
-        except OSError as e:
-            raise requests.ConnectionError(e, request=request) from None
-        finally:
-            conn.close()
+    class UnixAdapter(requests.adapters.BaseAdapter):
+        def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
+            rest = request.url[len(UNIX_SCHEME):]
+            quoted, _, path = rest.partition("/")
+            t = timeout[0] if isinstance(timeout, tuple) else timeout
+            conn = _UnixConnection(urllib.parse.unquote(quoted), timeout=t)
+            try:
+                conn.request(request.method, "/" + path, body=request.body, headers=dict(request.headers))
+                raw = conn.getresponse()
+                resp = requests.Response()
+                resp.status_code = raw.status
+                resp.headers = requests.structures.CaseInsensitiveDict(raw.getheaders())
+                resp._content = raw.read()
+                resp.url = request.url
+                resp.request = request
+                resp.encoding = requests.utils.get_encoding_from_headers(resp.headers)
+                return resp
+            except OSError as e:
+                raise requests.ConnectionError(e, request=request) from None
+            finally:
+                conn.close()
 
-    def close(self) -> None:
-        pass
+        def close(self) -> None:
+            pass
+
+    return UnixAdapter()
 
 
-def session_for(url: str, api_key: str | None = None) -> requests.Session:
-    """A session that reaches this server: UNIX sockets mounted, TLS without certificate checks (a server gpcrun
-    started itself on this machine, typically with a self-signed certificate), the API key sent."""
+def session_for(url: str, api_key: str | None = None):
+    """A requests.Session that reaches this server: UNIX sockets mounted, TLS without certificate checks (a server
+    gpcrun started itself on this machine, typically with a self-signed certificate), the API key sent."""
+    import requests
     s = requests.Session()
     s.trust_env = False  # a server on this machine: no proxies, and no CA bundle from the environment overriding
     if url.startswith(UNIX_SCHEME):
-        s.mount(UNIX_SCHEME, UnixAdapter())
+        s.mount(UNIX_SCHEME, _unix_adapter())
     if url.startswith("https://"):
         import urllib3
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)

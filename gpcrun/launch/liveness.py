@@ -6,8 +6,6 @@ import threading
 import time
 from typing import Callable
 
-import requests
-
 from .endpoint import session_for
 
 
@@ -33,6 +31,7 @@ class Liveness:
             self._thread.join(5)
 
     def _run(self) -> None:
+        import requests  # imported after start-up (launch/endpoint.py)
         last_ok = self.clock()
         with session_for(self.url, self.api_key) as session:
             while not self._stop.wait(self.interval_s):

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import requests
-
 from ..atomic import open_private
 from .logcap import CappedLog, Pump
 
@@ -182,6 +180,8 @@ class Supervisor:
         t0 = self.clock()
         from ..server_args import ServerArgs
         warmup = ServerArgs.parse(list(self.argv[1:]), os.environ, strict=False).flag("warmup") is not False
+        import requests  # here, not at start-up: llama-server is already loading
+
         from .endpoint import session_for
         with session_for(url, api_key) as session:  # TCP, IPv6, UNIX socket or TLS; the API key sent
             while True:
