@@ -119,7 +119,7 @@ def _skip_strings_fast(buf, pos: int, count: int, end: int, path: str, unpack_u6
     return pos
 
 
-def _parse(buf, size: int, path: str) -> _Header:
+def _parse(buf, size: int, path: str, skips: dict | None = None) -> _Header:
     if size < 4 or buf[0:4] != GGUF_MAGIC:
         raise GGUFError(path, "not a GGUF file (bad magic)")
     if size < 24:
@@ -193,10 +193,15 @@ def _parse(buf, size: int, path: str) -> _Header:
                     vals = tuple(out)
                 else:
                     vals = None
-                    fast = count >= _FAST_SKIP_MIN and bo == "<" and (
-                        "numpy" in sys.modules or count >= _IMPORT_NUMPY_MIN)
-                    skip = _skip_strings_fast if fast else _skip_strings_py
-                    pos = skip(buf, pos, count, size, path, u64)
+                    from .skip_cache import known_end, remember_end
+                    end = known_end(skips, buf, pos, count, size)  # this file walked before, same bytes
+                    if end is None:
+                        fast = count >= _FAST_SKIP_MIN and bo == "<" and (
+                            "numpy" in sys.modules or count >= _IMPORT_NUMPY_MIN)
+                        skip = _skip_strings_fast if fast else _skip_strings_py
+                        end = skip(buf, pos, count, size, path, u64)
+                        remember_end(skips, buf, pos, end)
+                    pos = end
             else:
                 raise GGUFError(path, f"array {key!r} has unsupported element type {etype}", pos - 12)
             metadata[key] = KVField("ARRAY", vals, VALUE_TYPE_NAMES[etype], count)
@@ -317,9 +322,14 @@ def _read_file(path: str, shard: int) -> tuple[_Header, list[TensorInfo], ShardI
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError):  # not mmap-able (pipe, special file): read it
             mm = f.read()
+        from .skip_cache import load_skips, save_skips
+        skips = load_skips(st)
+        before = dict(skips) if skips is not None else None
         try:
-            h = _parse(mm, len(mm), path)
+            h = _parse(mm, len(mm), path, skips)
             infos, shard_info = _tensor_infos(h, len(mm), path, shard)
+            if skips is not None and skips != before:
+                save_skips(st, skips)
         finally:
             if isinstance(mm, mmap.mmap):
                 try:
