@@ -69,3 +69,15 @@ def open_private(path: Path | str, mode: str = "a"):
     """Open for appending ("a" or "ab"), created 0600 if new; a symbolic link at path is refused (OSError)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NOFOLLOW, PRIVATE)
     return os.fdopen(fd, mode)
+
+
+def read_json_bounded(path: Path | str, max_bytes: int = 1 << 20):
+    """A small JSON document gpcrun wrote itself, never following a planted link, at most max_bytes read
+    (ValueError past it or when it is not JSON; OSError when it cannot be opened)."""
+    import json
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"{path}: over {max_bytes} bytes")
+    return json.loads(data)

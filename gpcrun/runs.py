@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import RunNotFound
-from .launch.registry import active_run_dirs, process_start_ticks, read_json_bounded, read_status
+from .atomic import read_json_bounded
+from .launch.registry import active_run_dirs, process_start_ticks, read_status
 from .paths import gpcrun_home
 
 

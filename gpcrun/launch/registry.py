@@ -6,26 +6,14 @@ completes its run.json.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
-from ..atomic import PRIVATE, write_json_atomic
+from ..atomic import PRIVATE, read_json_bounded, write_json_atomic
 from ..paths import gpcrun_home
 
 STATUS_SCHEMA = "gpcrun.status/1"
-_MAX_DOC_BYTES = 1 << 20
-
-
-def read_json_bounded(path: Path):
-    """A small JSON document, never following a planted link, at most 1 MiB read (ValueError past it)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(_MAX_DOC_BYTES + 1)
-    if len(data) > _MAX_DOC_BYTES:
-        raise ValueError(f"{path}: over {_MAX_DOC_BYTES} bytes")
-    return json.loads(data)
 
 
 def active_dir(home: Path | None = None) -> Path:

@@ -7,9 +7,9 @@ A cache that cannot be read or written is no cache.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 
+from ..atomic import read_json_bounded
 from ..paths import cache_dir
 
 _MAX_BYTES = 64 * 1024
@@ -25,9 +25,7 @@ def load_skips(st: os.stat_result) -> dict | None:
     if os.environ.get("GPCRUN_NO_SKIP_CACHE") == "1":
         return None
     try:
-        fd = os.open(_path(st), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        with os.fdopen(fd, "rb") as f:
-            doc = json.loads(f.read(_MAX_BYTES))
+        doc = read_json_bounded(_path(st), _MAX_BYTES)
     except (OSError, ValueError):
         return {}
     return dict(doc) if isinstance(doc, dict) else {}

@@ -46,7 +46,7 @@ def moved_attention(table: LayoutTable, pl: Placement, n_gpus: int) -> dict[int,
     facts = table.model.facts
     if n_gpus == 0 or facts.get("architecture") in EARLY_EXPAND:
         return {}
-    lay = layout(facts)
+    lay = getattr(table, "memory_layout", None) or layout(facts)
     n = table.n_layer
     mixing = [i for i in range(min(lay.n_trunk, len(lay.kv))) if lay.kv[i] or lay.recurrent[i]]
     offload = not pl.no_kv_offload
@@ -66,11 +66,13 @@ def moved_attention(table: LayoutTable, pl: Placement, n_gpus: int) -> dict[int,
     return out
 
 
-def flash_attn_auto_off(table: LayoutTable, pl: Placement, n_gpus: int) -> str | None:
-    """Why llama.cpp will turn `-fa auto` off for this placement, or None when it stays on (or was pinned)."""
+def flash_attn_auto_off(table: LayoutTable, pl: Placement, n_gpus: int,
+                        moved: dict[int, tuple[int, int]] | None = None) -> str | None:
+    """Why llama.cpp will turn `-fa auto` off for this placement, or None when it stays on (or was pinned);
+    `moved`: moved_attention's answer when the caller has it already."""
     if pl.flash_attn != "auto":
         return None
-    for il, (dev, att) in sorted(moved_attention(table, pl, n_gpus).items()):
+    for il, (dev, att) in sorted((moved if moved is not None else moved_attention(table, pl, n_gpus)).items()):
         here = "the CPU" if dev == 0 else f"GPU {dev - 1}"
         there = "the CPU (-nkvo)" if att == 0 else f"GPU {att - 1}"
         return (f"-fa auto resolves to off here: llama.cpp schedules layer {il}'s flash attention on {there}, "

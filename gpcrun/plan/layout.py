@@ -16,7 +16,7 @@ import re
 from typing import Sequence
 
 from ..model import ModelInfo
-from ..model.layouts import MTP_SKIPPED
+from ..model.layouts import MTP_SKIPPED, layout
 from .constants import EXPS_REGEX
 from .types import Placement
 
@@ -44,6 +44,7 @@ class LayoutTable:
         f = model.facts
         self.model = model
         self.n_layer = int(f.get("block_count") or 0)
+        self.memory_layout = layout(f)  # which blocks hold KV / recurrent state (model/layouts.py)
         # the tensors llama.cpp loads: NextN/MTP blocks are skipped unless llama-server runs MTP (layouts.py)
         self.tensors = loaded_tensors(model, load_mtp)
         self.n_expert = f.get("expert_count") or 0

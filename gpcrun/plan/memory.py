@@ -26,9 +26,10 @@ def memory_map(table: LayoutTable, target: Target, pl: Placement, req: Request) 
     for il in range(table.n_layer + 1):
         runs[_layer_device(il, table.n_layer, pl.ngl, n_gpus, pl.splits)] = True
     runs[0] = True  # the CPU backend always holds the input and the graph's CPU parts
-    graph_pl = replace(pl, flash_attn="off") if flash_attn_auto_off(table, pl, n_gpus) else pl
+    moved_all = moved_attention(table, pl, n_gpus)
+    graph_pl = replace(pl, flash_attn="off") if flash_attn_auto_off(table, pl, n_gpus, moved_all) else pl
     # only the CPU -> GPU moves (single-GPU): layers the compute estimate counts on the CPU side
-    moved = tuple(il for il, (dev, att) in moved_attention(table, pl, n_gpus).items() if dev == 0 and att != 0)
+    moved = tuple(il for il, (dev, att) in moved_all.items() if dev == 0 and att != 0)
     hc_rows = HC_POST_UNFUSED_ROWS if hc_post_auto_off(table, pl, n_gpus) else 0  # on the GPU after the split
     out = []
     for i, dev in enumerate(target.devices):
