@@ -88,8 +88,10 @@ def _decode(doc: dict, r: ReceiptDoc) -> str:
         if in_band is not None and isinstance(band, list) and len(band) == 2:
             where = (f"; {'inside' if in_band else 'outside'} the forecast band "
                      f"{_fmt(band[0])}-{_fmt(band[1])} tok/s")
-        txt += (f" (forecast {_fmt(m.forecast_decode_tok_s)}, measured vs forecast "
-                f"{_fmt(m.prediction_error_pct, ' %')}{where})")
+        err = m.prediction_error_pct  # 100 (forecast - measured) / measured
+        how = (f"the forecast {abs(err):.1f} % {'above' if err >= 0 else 'below'} the measurement"
+               if err is not None else "error unknown")
+        txt += f" (forecast {_fmt(m.forecast_decode_tok_s)}: {how}{where})"
     return txt
 
 
