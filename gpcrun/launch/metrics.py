@@ -118,6 +118,9 @@ class MetricsExporter:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._httpd is not None:  # before the joins: serve_forever returns only after shutdown()
+            self._httpd.shutdown()
+            self._httpd.server_close()
         for t in self._threads:
             t.join(2)
         if self.textfile is not None:  # the server is gone: no stale "ready" for node_exporter to keep reporting
@@ -125,9 +128,6 @@ class MetricsExporter:
                 Path(self.textfile).unlink()
             except OSError:
                 pass
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
 
 
 def exporter_for(run) -> MetricsExporter | None:
@@ -136,19 +136,12 @@ def exporter_for(run) -> MetricsExporter | None:
     if o.metrics_port is None and not o.metrics_textfile:
         return None
     from ..runs import _planned
-    from .watchdog import seen_available
     planned = _planned(o.run_dir)
 
     def provider() -> str:
         wd = run.watchdog
-        row = None
-        recent = list(wd.recent) if wd is not None else []
-        if recent:
-            row = recent[-1].to_json()
-            row["host_available_seen_bytes"] = seen_available(wd.limits, recent)
-            row["host_term_line_bytes"] = wd.limits.host_term_available_bytes
-        return render(row, run.record.doc.get("state") or "starting", planned, len(wd.firings) if wd else 0,
-                      o.run_dir.name)
+        return render(wd.last_row if wd else None, run.record.doc.get("state") or "starting", planned,
+                      len(wd.firings) if wd else 0, o.run_dir.name)
 
     exp = MetricsExporter(provider, o.metrics_port, o.metrics_textfile, warn=lambda m: o.echo(f"gpcrun: warning: {m}"))
     try:

@@ -192,6 +192,7 @@ class Watchdog:
         self.on_warn = on_warn
         self.samples_path = samples_path
         self.recent: deque[Sample] = deque(maxlen=keep)
+        self.last_row: dict | None = None
         self.envelope = Envelope()
         self.firings: list[Firing] = []
         self.after_kill_wait_s = after_kill_wait_s
@@ -216,10 +217,11 @@ class Watchdog:
     def _record(self, s: Sample) -> None:
         self.recent.append(s)
         self.envelope.add(s)
+        row = s.to_json()
+        row["host_available_seen_bytes"] = seen_available(self.limits, self.recent)  # what decide() judged
+        row["host_term_line_bytes"] = self.limits.host_term_available_bytes  # `gpcrun ps` shows both
+        self.last_row = row  # the newest samples.jsonl row, also for the metrics exporter (launch/metrics.py)
         if self.samples_path:
-            row = s.to_json()
-            row["host_available_seen_bytes"] = seen_available(self.limits, self.recent)  # what decide() judged
-            row["host_term_line_bytes"] = self.limits.host_term_available_bytes  # `gpcrun ps` shows both
             try:
                 with open_private(self.samples_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
