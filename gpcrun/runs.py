@@ -66,19 +66,25 @@ def _rss(pid: int | None) -> int | None:
         return None
 
 
+def _tail(path: Path, max_bytes: int) -> tuple[bytes, int] | None:
+    """(the last max_bytes of a file, its size), None when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            end = f.tell()
+            f.seek(max(0, end - max_bytes))
+            return f.read(), end
+    except OSError:
+        return None
+
+
 def _last_sample(run_dir: Path, max_bytes: int = 65536) -> dict:
     """The last whole line of samples.jsonl (the tail only is read)."""
-    p = run_dir / "samples.jsonl"
-    try:
-        with open(p, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            lines = f.read().splitlines()
-    except OSError:
+    tail = _tail(run_dir / "samples.jsonl", max_bytes)
+    if tail is None:
         return {}
     import json
-    for line in reversed(lines):
+    for line in reversed(tail[0].splitlines()):
         try:
             doc = json.loads(line)
         except ValueError:
@@ -213,15 +219,10 @@ def stop_run(run_dir: Path, timeout_s: float = 30.0) -> RunView:
 
 def log_tail(run_dir: Path, lines: int = 50, max_bytes: int = 1 << 20) -> tuple[str, int]:
     """(the last `lines` lines of server.log, the offset its end is at), reading at most max_bytes."""
-    p = Path(run_dir) / "server.log"
-    try:
-        with open(p, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            end = f.tell()
-            f.seek(max(0, end - max_bytes))
-            data = f.read()
-    except OSError:
+    tail = _tail(Path(run_dir) / "server.log", max_bytes)
+    if tail is None:
         return "", 0
+    data, end = tail
     text = data.decode("utf-8", "replace").splitlines()[-lines:] if lines > 0 else []
     return "\n".join(text) + ("\n" if text else ""), end
 
