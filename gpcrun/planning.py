@@ -47,8 +47,10 @@ class ResolvedModel:
 
 def resolve_model(ref: str) -> ResolvedModel:
     """A local path (all shards of a split model) or a hub ref (headers only, by range requests)."""
-    from .hub import is_hub_ref, load_ref_header
     from .model import load_model
+    if os.path.exists(ref):  # a local file is never a hub ref (hub.is_hub_ref): skip the hub's imports
+        return ResolvedModel(ref, load_model(ref), None)
+    from .hub import is_hub_ref, load_ref_header
     if is_hub_ref(ref):
         info, hub = load_ref_header(ref)
         return ResolvedModel(ref, info, hub)

@@ -214,10 +214,19 @@ def test_lost_gpu_is_skipped_with_a_note():
     assert any("GPU is lost" in n for n in inv.notes)
 
 
-def test_pynvml_not_installed(monkeypatch):
+def test_pynvml_not_installed(monkeypatch, tmp_path):
+    monkeypatch.setattr(nvml, "DRIVER_NODES", (str(tmp_path),))  # a driver node exists: pynvml is imported
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml -> ImportError
     inv = read_gpus(None, env={})
     assert inv.available is False and "nvidia-ml-py" in inv.reason
+
+
+def test_no_driver_node_opens_nothing(monkeypatch, tmp_path):
+    monkeypatch.setattr(nvml, "DRIVER_NODES", (str(tmp_path / "nvidiactl"), str(tmp_path / "dxg")))
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # would fail the import: it must not be tried
+    inv = read_gpus(None, env={})
+    assert inv.available is False and inv.devices == ()
+    assert "no NVIDIA driver" in inv.reason and "nvidiactl" in inv.reason
 
 
 def test_session_sample_rereads_volatile_values():

@@ -34,9 +34,21 @@ def _text(v: Any) -> str:
 
 # ---------------------------------------------------------------- NVML calls
 
+# The device nodes the NVIDIA driver creates (WSL2: /dev/dxg); without one, libnvidia-ml has nothing to open, so
+# the ~10 ms import of pynvml (a ctypes binding of ~300 structures) is skipped at every start of a GPU-less host.
+DRIVER_NODES = ("/dev/nvidiactl", "/dev/dxg")
+
+
+def driver_node(nodes: tuple[str, ...] | None = None) -> str | None:
+    """The first NVIDIA driver device node present (DRIVER_NODES by default), None when there is none."""
+    return next((p for p in (DRIVER_NODES if nodes is None else nodes) if os.path.exists(p)), None)
+
+
 def _load(backend: Any) -> tuple[Any, str | None]:
     if backend is not None:
         return backend, None
+    if driver_node() is None:
+        return None, f"no NVIDIA driver on this host (none of {', '.join(DRIVER_NODES)} exists): NVML not opened"
     try:
         import pynvml  # nvidia-ml-py
     except ImportError as e:

@@ -222,9 +222,7 @@ class ServerRun:
     def _open_nvml(self) -> None:
         if not self.opts.use_nvml or self._nvml is not None:
             return
-        if self.opts.nvml_backend is None and not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/dxg")):
-            return  # no NVIDIA driver node (WSL2: /dev/dxg): no NVML to open; saves its import at every start
-        from ..hardware.nvml import NvmlSession
+        from ..hardware.nvml import NvmlSession  # without a driver node it opens nothing and imports no pynvml
         s = NvmlSession(self.opts.nvml_backend)
         if s.open():
             self._nvml = s
@@ -337,8 +335,9 @@ class ServerRun:
         n = 0
         outcome = None
         self.record.register()
-        from .metrics import exporter_for
-        self.metrics = exporter_for(self)
+        if o.metrics_port is not None or o.metrics_textfile:  # opt-in: its http.server import is not paid otherwise
+            from .metrics import exporter_for
+            self.metrics = exporter_for(self)
         while True:
             n += 1
             outcome = self.attempt(n)

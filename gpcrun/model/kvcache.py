@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .ggml import _C, GGML_QUANT_SIZES
+from .ggml import GGML_QUANT_SIZES, GGML_TYPE_NAMES
 from .layouts import DSV4, indexer_layers, indexer_row_elems, layout
 
 KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
@@ -40,11 +40,14 @@ def _per_layer(v: Any, n_layer: int) -> list | None:
     return [v] * n_layer
 
 
+_TYPE_IDS = {name: t for t, name in GGML_TYPE_NAMES.items()}
+
+
 def _type_row_bytes(cache_type: str, n: int) -> int:
-    t = getattr(_C.GGMLQuantizationType, cache_type.upper(), None)
+    t = _TYPE_IDS.get(cache_type.upper())
     if t is None or cache_type not in KV_CACHE_TYPES:
         raise ValueError(f"unknown KV cache type {cache_type!r} (one of {', '.join(KV_CACHE_TYPES)})")
-    block, size = GGML_QUANT_SIZES[int(t)]
+    block, size = GGML_QUANT_SIZES[t]
     return -(-n // block) * size
 
 

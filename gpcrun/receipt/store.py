@@ -13,7 +13,6 @@ from ..atomic import write_text_atomic
 from ..errors import ReceiptError
 from ..paths import gpcrun_home
 from .calibration import argv_threads
-from .docs import ReceiptDoc
 from .schema import ID_RE, read_receipt
 
 # held shared while a receipt file is written, exclusively while temp files of dead writers are removed
@@ -28,6 +27,7 @@ _NUMERIC = frozenset(("decode_tok_s", "prefill_tok_s", "forecast_decode_tok_s", 
 
 
 def _row(doc: dict, path: Path) -> tuple:
+    from .docs import ReceiptDoc  # only when a receipt is (re)indexed: a plain query at start-up never needs it
     r = ReceiptDoc.from_json(doc)
     m, pl, model = r.measured, r.plan.placement, r.model
     # a run whose server served another model than the planned one is indexed as such: it calibrates nothing
