@@ -98,9 +98,13 @@ def _model_ref(cfg: RunConfig, sa) -> tuple[str | None, bool]:
         raise UsageError("-mu/--model-url: gpcrun cannot read that model's header before llama-server downloads it;"
                          " run it unplanned with gpcrun serve --no-plan -- ...")
     if src.kind == "router":
-        raise UsageError("router mode (--models-dir/--models-preset) is not planned by gpcrun yet; run it"
-                         " supervised but unplanned with gpcrun serve --no-plan -- ...")
+        return None, True  # router/serve.py plans each of its models
     raise UsageError("no model: give MODEL, or llama-server's -m/--model, -hf/--hf-repo or LLAMA_ARG_MODEL")
+
+
+def _is_router(sa) -> bool:
+    from .server_args import settings
+    return settings.model_source(sa).kind == "router"
 
 
 def run(cfg: RunConfig) -> RunResult:
@@ -126,7 +130,11 @@ def run(cfg: RunConfig) -> RunResult:
                 from .hardware.profile import get_profile
                 profile = get_profile().to_json()
             phase[0] = "planning"
-            args = _prepare(cfg, res, sa, env, user_model, phase)
+            if cfg.plan and ref is None and _is_router(sa):
+                from .router.serve import prepare_router
+                args = prepare_router(cfg, res, sa, env, str(binary))
+            else:
+                args = _prepare(cfg, res, sa, env, user_model, phase)
     except _Deadline:
         res.outcome = Outcome.of(Exit.TIMEOUT, "job_timeout", f"the job exceeded its {cfg.timeout_s:g} s limit while"
                                                                f" {phase[0]}")

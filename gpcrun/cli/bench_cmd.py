@@ -58,7 +58,7 @@ def bench_cmd(model, url, prompt_tokens, gen_tokens, repetitions, concurrency, n
     from ..pipeline import RunConfig, attach, run
     from ..planning import server_args as parse_args
     from ..server_args import settings
-    from .serve_cmd import plan_summary
+    from ..fmt import plan_summary
 
     if not model and not url:
         raise click.UsageError("give a MODEL to start, or --url of a running server")

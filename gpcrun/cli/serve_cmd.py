@@ -7,28 +7,10 @@ import time
 
 import click
 
-from ..fmt import human_bytes
+from ..fmt import plan_summary
 from ..model import KV_CACHE_TYPES
 from .main import main
 from .params import FiniteFloat
-
-
-def plan_summary(plan) -> str:
-    notes = "".join(f"\n  note: {n}" for n in plan.notes)
-    return _summary(plan) + notes
-
-
-def _summary(plan) -> str:
-    ev = plan.chosen or plan.nearest
-    if ev is None:
-        return f"plan: {plan.verdict}: " + "; ".join(plan.reasons)
-    p = ev.placement
-    mem = ", ".join(f"{m.device} {human_bytes(m.total_bytes)} of {human_bytes(m.capacity_bytes)}" for m in ev.memory)
-    f = ev.forecast
-    fc = f"{f.decode_tok_s:.1f} tok/s ({'calibrated' if f.calibrated else 'uncalibrated'})" \
-        if f.decode_tok_s is not None else "unknown"
-    return (f"plan: {plan.verdict}: ctx {p.ctx}, KV {p.type_k}, -ngl {p.ngl}"
-            + (f", --n-cpu-moe {p.n_cpu_moe}" if p.n_cpu_moe else "") + f"; {mem}; decode forecast {fc}")
 
 
 @main.command("serve", context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]})
@@ -110,9 +92,14 @@ def serve_cmd(no_plan, force, quiet, server_bin, ctx, kv_type, floor, margin, re
 
     def on_plan(plan, changes):
         event({"event": "planned", "verdict": plan.verdict, "reasons": list(plan.reasons), "argv": list(plan.argv),
-               "changes": changes})
-        click.echo(plan_summary(plan), err=True)
-        click.echo(render_changes(changes), err=True)
+               "changes": changes, **({"models": [m.to_json() for m in plan.models]} if hasattr(plan, "models")
+                                      else {})})
+        if hasattr(plan, "models"):  # a router: every model's plan (router/serve.py)
+            from ..router.serve import render_router_plan
+            click.echo(render_router_plan(plan), err=True)
+        else:
+            click.echo(plan_summary(plan), err=True)
+            click.echo(render_changes(changes), err=True)
         if plan.verdict != "ship":
             for r in plan.reasons:
                 click.echo(f"  - {r}", err=True)

@@ -119,3 +119,18 @@ def tree_memory_bytes(pid: int) -> tuple[int | None, int | None]:
     rss = sum(i.rss for i in infos)
     anon = sum(max(0, i.rss - getattr(i, "shared", 0)) for i in infos)
     return rss, anon
+
+
+def child_processes(pid: int) -> list[tuple[int, list[str]]]:
+    """(pid, argv) of each direct child of ``pid`` (a llama-server router's model instances); [] when it is gone."""
+    try:
+        kids = psutil.Process(pid).children()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return []
+    out = []
+    for k in kids:
+        try:
+            out.append((k.pid, k.cmdline()))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return out

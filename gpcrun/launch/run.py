@@ -139,6 +139,7 @@ class ServerRun:
         self._nvml = None
         self._gpu_static: tuple = ()
         self._incident_written = False
+        self._guard = None  # launch/router_watch.RouterGuard for a router
         self.record = RunRecord(opts.run_dir, opts.command, opts.model_label, self.url,  # `gpcrun ps`
                                 on_change=opts.on_event)
         self.metrics = None  # launch/metrics.MetricsExporter when asked for
@@ -171,6 +172,13 @@ class ServerRun:
         sup = self.sup
         if sup is None:
             return
+        if self._guard is not None and sup.term_sent_at is None and action.rule != "watchdog_blind":
+            wd = self.watchdog  # a router: stop the model that grew, not the router (blind: stop it all)
+            firing = self._guard.act(action, wd.recent[-1].models if wd and wd.recent else ())
+            if firing["model"] is not None:
+                self._write_incident(action, firing["sent"], firing["t_wall"],
+                                     {k: firing[k] for k in ("model", "pid", "grew_bytes")})
+            return
         if action.kind != "kill" and sup.term_sent_at is not None \
                 and sup.clock() - sup.term_sent_at < self.opts.grace_s:
             return
@@ -185,7 +193,8 @@ class ServerRun:
         self.opts.echo(f"gpcrun: watchdog: {action.message} -> {'SIGKILL' if kill else 'SIGTERM'}")
         self._write_incident(action, "SIGKILL" if kill else "SIGTERM", signalled_at)
 
-    def _write_incident(self, action: Action, sent: str = "", signalled_at: float | None = None) -> None:
+    def _write_incident(self, action: Action, sent: str = "", signalled_at: float | None = None,
+                        extra: dict | None = None) -> None:
         if self._incident_written:
             return  # the first firing is the incident; an escalation shows in events.jsonl and run.json
         self._incident_written = True
@@ -201,7 +210,7 @@ class ServerRun:
                "signal_t_wall": signalled_at, "t_wall": time.time(),
                "limits": self.opts.limits.to_json() if self.opts.limits else None,
                "samples": [s.to_json() for s in (wd.recent if wd else [])], "plan": plan, "argv": self.opts.argv,
-               "advice": advice_for(action, plan)}
+               "advice": advice_for(action, plan), **(extra or {})}
         self._write_doc("incident.json", doc)
 
     def _write_doc(self, name: str, doc) -> None:
@@ -273,7 +282,10 @@ class ServerRun:
         self._open_nvml()
         if o.limits is None:
             o.limits = Limits.defaults(self._host_memory().effective_limit_bytes)
-        sampler = make_sampler(lambda: sup.pid, self._nvml, self._gpu_static, o.host_reader)
+        from .router_watch import guard_for  # a router: each model sampled, a stop aimed at the one that grew
+        self._guard, models_of = guard_for(self.url, self._api_key(), o)
+        sampler = make_sampler(lambda: sup.pid, self._nvml, self._gpu_static, o.host_reader, models_of=models_of,
+                               observe=self._guard.observe if self._guard else None)
         self.watchdog = wd = Watchdog(o.limits, sampler, self._act, on_warn=lambda a: o.echo(f"gpcrun: warning: {a.message}"),
                                       samples_path=o.run_dir / "samples.jsonl")
         t0 = time.monotonic()

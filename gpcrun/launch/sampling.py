@@ -34,19 +34,29 @@ class Sample:
     child_rss_bytes: int | None  # the server's whole process tree
     gpus: tuple[GpuSample, ...] = ()
     child_anon_bytes: int | None = None  # the tree's anonymous resident memory (rss - file-backed - shmem)
+    # a router's model instances: ({"pid", "model", "rss_bytes", "anon_bytes", "vram_bytes"}, ...)
+    models: tuple[dict, ...] = ()
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
         d["gpus"] = [g.__dict__ for g in self.gpus]
+        if not self.models:
+            d.pop("models")
+        else:
+            d["models"] = [dict(m) for m in self.models]
         return d
 
 
 # ----------------------------------------------------------------------------------------------- sampling
 
 def make_sampler(child_pid: Callable[[], int | None], nvml=None, gpu_static: Sequence = (),
-                 host_reader=None, clock: Callable[[], float] = time.monotonic) -> Callable[[], Sample]:
+                 host_reader=None, clock: Callable[[], float] = time.monotonic,
+                 models_of: Callable[[int], Sequence[tuple[int, str]]] | None = None,
+                 observe: Callable[[Sequence[dict]], None] | None = None) -> Callable[[], Sample]:
     """A sample() over the real machine: host/cgroup memory, the child's tree RSS, and per GPU (an open
-    hardware.nvml.NvmlSession plus its inventory devices for the static power limit and unified flag)."""
+    hardware.nvml.NvmlSession plus its inventory devices for the static power limit and unified flag).
+    models_of(pid): a router's model instances as (pid, model name), each sampled on its own (and shown to
+    observe())."""
     if host_reader is None:
         from ..hardware.host import read_host_memory
         host_reader = read_host_memory
@@ -58,14 +68,26 @@ def make_sampler(child_pid: Callable[[], int | None], nvml=None, gpu_static: Seq
         pid = child_pid()
         rss, anon = tree_memory_bytes(pid) if pid else (None, None)
         gpus: tuple[GpuSample, ...] = ()
+        vols = ()
         if nvml is not None:
             vols = nvml.sample({g.nvml_index: bool(g.unified_memory) for g in static})
             gpus = tuple(_gpu_sample(static[i] if i < len(static) else None, i, v, pid) for i, v in enumerate(vols))
+        models = ()
+        if models_of is not None and pid:
+            models = tuple(_model_sample(mpid, name, vols) for mpid, name in models_of(pid))
+            if observe is not None:
+                observe(models)
         return Sample(clock(), time.time(), hm.effective_available_bytes, hm.effective_limit_bytes,
                       hm.swap_free_bytes, getattr(cg, "current_bytes", None), getattr(cg, "max_bytes", None),
                       getattr(getattr(cg, "pressure", None), "some_avg10_pct", None),
-                      rss, gpus, anon)
+                      rss, gpus, anon, models)
     return sample
+
+
+def _model_sample(pid: int, name: str, vols) -> dict:
+    rss, anon = tree_memory_bytes(pid)
+    vram = [p.used_bytes for v in vols for p in (v.processes or ()) if p.pid == pid and p.used_bytes is not None]
+    return {"pid": pid, "model": name, "rss_bytes": rss, "anon_bytes": anon, "vram_bytes": sum(vram) if vram else None}
 
 
 def _gpu_sample(static, i: int, v, pid: int | None) -> GpuSample:

@@ -178,8 +178,10 @@ class Supervisor:
         timeout_s passed or cancel() said so (the caller decides what to do). Never sleeps past a child's
         death; a /health that does not answer costs at most the time left (capped at 2 s) per try."""
         t0 = self.clock()
-        from ..server_args import ServerArgs
-        warmup = ServerArgs.parse(list(self.argv[1:]), os.environ, strict=False).flag("warmup") is not False
+        from ..server_args import ServerArgs, settings
+        sa = ServerArgs.parse(list(self.argv[1:]), os.environ, strict=False)
+        warmup = sa.flag("warmup") is not False
+        router = settings.model_source(sa).kind == "router"
         import requests  # here, not at start-up: llama-server is already loading
 
         from .endpoint import session_for
@@ -199,7 +201,7 @@ class Supervisor:
                 try:
                     health_timeout = max(0.25, min(2.0, timeout_s - elapsed))
                     if session.get(url + "/health", timeout=health_timeout).status_code == 200:
-                        note = self._probe(session, url, warmup)
+                        note = self._probe(session, url, warmup, router)
                         if note:
                             return self._to_if((State.LOADING,), State.READY,
                                                f"{note} after {self.clock() - t0:.2f} s")
@@ -212,11 +214,15 @@ class Supervisor:
                 time.sleep(min(poll_interval_s, 0.01) if self.clock() - t0 < 3.0 else poll_interval_s)
 
     @staticmethod
-    def _probe(session, url: str, warmup: bool) -> str | None:
+    def _probe(session, url: str, warmup: bool, router: bool = False) -> str | None:
         """Readiness beyond /health 200 that leaves the user's /metrics alone. With llama.cpp's warmup (the
         default: common_init runs one decode before /health turns 200) the model has already run: /props is
         read (served without inference, not counted). With --no-warmup nothing has run yet: a 1-token
-        completion proves it does, and shows once in /metrics (llamacpp:prompt_tokens_total ...)."""
+        completion proves it does, and shows once in /metrics (llamacpp:prompt_tokens_total ...). A router
+        (--models-dir/--models-preset) loads models on demand: its /models list answering is its readiness."""
+        if router:
+            r = session.get(url + "/models", timeout=10)
+            return "/health 200 and the router's /models answered" if r.status_code == 200 else None
         if warmup:
             r = session.get(url + "/props", timeout=10)
             return "/health 200 after llama.cpp's warmup, /props answered" if r.status_code == 200 else None
