@@ -128,8 +128,13 @@ class _TrackingAdapter(requests.adapters.HTTPAdapter):
 
 class BenchClient:
     def __init__(self, url: str, session: requests.Session | None = None, timeout_s: float = 600.0,
-                 clock: Callable[[], float] = time.perf_counter, api_key: str | None = None) -> None:
+                 clock: Callable[[], float] = time.perf_counter, api_key: str | None = None,
+                 model: str | None = None) -> None:
         self.url = url.rstrip("/")
+        # one model behind a llama-server router: named in each POST body ("model") and GET query (?model=),
+        # tools/server/README.md "Routing requests"; a single-model server ignores both
+        self.model = model
+        self._params = {"model": model} if model else None
         self._live = _Live()
         if session is None:
             session = requests.Session()
@@ -154,21 +159,27 @@ class BenchClient:
                 except OSError:
                     pass
 
+    def _body(self, body: dict) -> dict:
+        return {**body, "model": self.model} if self.model else body
+
     def _post(self, path: str, body: dict) -> dict:
-        r = self.s.post(self.url + path, json=body, timeout=self.timeout_s)
+        r = self.s.post(self.url + path, json=self._body(body), timeout=self.timeout_s)
+        if r.status_code == 400 and not self.model and "model name is missing" in r.text:
+            raise BenchError("this is a llama-server router: name the model to measure with --model NAME (one"
+                             " of its GET /models ids)")
         if r.status_code != 200:
             raise BenchError(f"POST {path}: HTTP {r.status_code}: {r.text[:200]}")
         return r.json()
 
     def props(self) -> dict:
-        r = self.s.get(self.url + "/props", timeout=30)
+        r = self.s.get(self.url + "/props", params=self._params, timeout=30)
         r.raise_for_status()
         return r.json()
 
     def metrics(self) -> dict | None:
         """llama.cpp's Prometheus counters (needs --metrics), as name -> value; None when disabled."""
         try:
-            r = self.s.get(self.url + "/metrics", timeout=10)
+            r = self.s.get(self.url + "/metrics", params=self._params, timeout=10)
         except requests.RequestException:
             return None
         if r.status_code != 200:
@@ -212,7 +223,7 @@ class BenchClient:
         timings: dict = {}
         # Connection: close: llama-server drops the connection after a streamed answer, and a request sent on
         # it from the keep-alive pool then fails with RemoteDisconnected (1 in 2 back-to-back streams here)
-        with self.s.post(self.url + "/completion", json=body, stream=True, timeout=self.timeout_s,
+        with self.s.post(self.url + "/completion", json=self._body(body), stream=True, timeout=self.timeout_s,
                          headers={"Connection": "close"}) as r:
             if r.status_code != 200:
                 raise BenchError(f"POST /completion (stream): HTTP {r.status_code}")

@@ -240,7 +240,7 @@ def _serve(cfg: RunConfig, res: RunResult, binary: str, args: list[str], t_start
                                        quiet=cfg.quiet, echo=cfg.echo, command=cfg.command,
                                        metrics_port=cfg.metrics_port, metrics_textfile=cfg.metrics_textfile,
                                        on_event=cfg.on_event,
-                                       model_label=res.model.ref if res.model is not None else None,
+                                       model_label=_label(res),
                                        **({"log_max_bytes": cfg.log_max_bytes} if cfg.log_max_bytes else {})))
             if cfg.bench is None:  # serve: in this thread, until a signal, a death or the watchdog
                 if cfg.handle_signals:
@@ -273,6 +273,11 @@ def _serve(cfg: RunConfig, res: RunResult, binary: str, args: list[str], t_start
             current["run"].request_stop("interrupted")
             current["th"].join(30)
         raise
+
+
+def _label(res: RunResult) -> str | None:  # the model as `gpcrun ps` shows it: MODEL, or a router's model count
+    models = getattr(res.plan, "models", None)
+    return res.model.ref if res.model is not None else f"router: {len(models)} models" if models is not None else None
 
 
 def _left(cfg: RunConfig, t_start: float) -> float | None:
@@ -375,13 +380,14 @@ def _finish(cfg: RunConfig, res: RunResult, profile: dict | None, env: Mapping[s
 
 
 def attach(url: str, bench_cfg, *, api_key: str | None = None, floor_tok_s: float = 1.0, store=None,
-           redact_paths: bool = False, echo: Callable[[str], None] = lambda m: None) -> RunResult:
-    """`gpcrun bench --url`: measure a server somebody else runs; a receipt either way."""
+           redact_paths: bool = False, echo: Callable[[str], None] = lambda m: None,
+           model: str | None = None) -> RunResult:
+    """`gpcrun bench --url [--model NAME]`: measure a server somebody else runs (or a router's model)."""
     from .bench import BenchClient, run_bench
     from .hardware.profile import get_profile
     res = RunResult(Outcome.of(Exit.OK, None, "attached to " + url))
     try:
-        client = BenchClient(url, api_key=api_key)
+        client = BenchClient(url, api_key=api_key, model=model)
         try:
             res.measured = run_bench(client, bench_cfg, echo).to_json()
         finally:

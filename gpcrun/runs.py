@@ -36,6 +36,8 @@ class RunView:
     last_sample: dict = field(default_factory=dict)
     planned: dict = field(default_factory=dict)
     outcome: dict | None = None
+    # a router: [{"model", "running", "pid", "rss_bytes", "vram_bytes", "planned_bytes"}] per model it lists
+    models: list = field(default_factory=list)
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)
@@ -107,6 +109,29 @@ def _planned(run_dir: Path) -> dict:
     return {m.get("device"): m.get("total_bytes") for m in mem if isinstance(m, dict)}
 
 
+def _router_models(run_dir: Path, sample: dict) -> list[dict]:
+    """A router's models: each planned one (plan.json "models") with its instance now, if the last watchdog
+    sample saw one running (its pid, RSS and VRAM)."""
+    try:
+        doc = read_json_bounded(run_dir / "plan.json")
+    except (OSError, ValueError):
+        return []
+    models = doc.get("models") if isinstance(doc, dict) else None
+    if not isinstance(models, list):
+        return []
+    live = {m.get("model"): m for m in sample.get("models") or () if isinstance(m, dict)}
+    out = []
+    for m in models:
+        if not isinstance(m, dict):
+            continue
+        mem = {r.get("device"): r.get("total_bytes") for r in m.get("memory") or () if isinstance(r, dict)}
+        now = live.get(m.get("name")) or {}
+        out.append({"model": m.get("name"), "running": bool(now), "pid": now.get("pid"),
+                    "rss_bytes": now.get("rss_bytes"), "vram_bytes": now.get("vram_bytes"),
+                    "planned_bytes": mem, "verdict": m.get("verdict")})
+    return out
+
+
 def _finish_dead(run_dir: Path, status: dict) -> dict:
     """run.json for a run whose gpcrun died: the outcome says so; llama-server died with it (PR_SET_PDEATHSIG)."""
     from .launch.run import write_run_doc
@@ -147,6 +172,7 @@ def view(run_dir: Path, now: float | None = None) -> RunView:
     v.server_rss_bytes = _rss(v.server_pid)
     v.last_sample = _last_sample(run_dir)
     v.planned = _planned(run_dir)
+    v.models = _router_models(run_dir, v.last_sample)
     return v
 
 

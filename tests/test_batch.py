@@ -258,10 +258,23 @@ def test_parse_without_matrix_and_env_paths(tmp_path):
         parse_jobs('[[models]]\npath = "${MODELS}/m.gguf"\n', tmp_path, env={})
 
 
+def test_url_jobs_measure_a_running_server_or_one_model_behind_a_router(tmp_path):
+    _, jobs = parse_jobs('[[models]]\nurl = "http://127.0.0.1:8080"\nmodel = "qwen"\n'
+                         '[[models]]\nurl = "http://127.0.0.1:8081"\n', tmp_path)
+    assert [(j.model, j.label, j.settings["url"], j.settings["router_model"]) for j in jobs] == [
+        ("http://127.0.0.1:8080", "qwen", "http://127.0.0.1:8080", "qwen"),
+        ("http://127.0.0.1:8081", "127.0.0.1:8081", "http://127.0.0.1:8081", None)]
+    for bad, why in (('url = "http://h:1"\npath = "m.gguf"', "one of"),
+                     ('url = "http://h:1"\nserver_args = ["-c", "1"]', "starts no server"),
+                     ('path = "m.gguf"\nmodel = "x"', "behind a router")):
+        with pytest.raises(BatchError, match=why):
+            parse_jobs("[[models]]\n" + bad + "\n", tmp_path)
+
+
 BAD_FILES = {
     "toml": ("[[models]\npath = 'x'", "not valid TOML"),
     "no-models": ("[batch]\nrepetitions = 1\n", "at least one [[models]]"),
-    "model-no-path": ("[[models]]\nname = 'x'\n", "needs 'path' or 'ref'"),
+    "model-no-path": ("[[models]]\nname = 'x'\n", "needs 'path', 'ref' or 'url'"),
     "model-key": ("[[models]]\npath = 'x'\nctx = 5\n", "unknown keys ['ctx']"),
     "model-args-str": ("[[models]]\npath = 'x'\nserver_args = '-t 1'\n", "server_args must be a list of strings"),
     "top-key": ("[[models]]\npath = 'x'\n[matrx]\nctx = [1]\n", "unknown top-level keys ['matrx']"),

@@ -2,7 +2,7 @@
 
 Each real case runs bare llama-server and `gpcrun serve` with the same arguments and environment and compares
 `/props` (slots, per-slot context, alias). The rest is the command line's own rules: the model from -m/-hf/env,
-gpcrun options never shadowing llama-server's, contradictions as usage errors, router mode said clearly.
+gpcrun options never shadowing llama-server's, contradictions as usage errors, router sources that llama.cpp would reject said clearly.
 """
 from __future__ import annotations
 
@@ -106,8 +106,12 @@ def test_env_contradiction_names_the_variable(tiny_models, llama_server_bin, tmp
 
 def test_router_and_no_model_are_said_clearly(llama_server_bin, tmp_path):
     env = {"GPCRUN_HOME": str(tmp_path), "GPCRUN_LLAMA_SERVER": str(llama_server_bin)}
-    p = gp("serve", "--models-dir", str(tmp_path), env=env)
-    assert p.returncode == 2 and "router mode" in p.stderr and "--no-plan" in p.stderr, p.stderr
+    p = gp("serve", "--models-dir", str(tmp_path / "nowhere"), env=env)  # router mode is planned (test_router.py)
+    assert p.returncode == 2 and "not a directory" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    bad = tmp_path / "p.ini"
+    bad.write_text("[m]\n  c = 1\n")  # an indented key: llama.cpp rejects the whole file
+    p = gp("serve", "--models-preset", str(bad), env=env)
+    assert p.returncode == 2 and "p.ini:2" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     p = gp("serve", "--port", "8080", env=env)
     assert p.returncode == 2 and "no model" in p.stderr and "-m/--model" in p.stderr, p.stderr
 

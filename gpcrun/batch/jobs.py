@@ -58,7 +58,7 @@ class Job:
 
 
 BATCH_KEYS = MATRIX_KEYS + ("output",)
-MODEL_KEYS = ("path", "ref", "name", "server_args")
+MODEL_KEYS = ("path", "ref", "url", "model", "name", "server_args")  # url (+ model): a running server or router
 
 
 def _known_keys(table: Mapping, known: Sequence[str], where: str, source: str) -> None:
@@ -112,29 +112,35 @@ def parse_jobs(text: str, base_dir: Path, source: str = "JOBS.toml",
                          f" --max-jobs {n_jobs}")
     jobs: list[Job] = []
     for mi, m in enumerate(models):
-        if not isinstance(m, dict) or not (m.get("path") or m.get("ref")):
-            raise BatchError(f"{source}: models[{mi}] needs 'path' or 'ref'")
+        if not isinstance(m, dict) or not (m.get("path") or m.get("ref") or m.get("url")):
+            raise BatchError(f"{source}: models[{mi}] needs 'path', 'ref' or 'url'")
         unknown = set(m) - set(MODEL_KEYS)
         if unknown:
             raise BatchError(f"{source}: models[{mi}]: unknown keys {sorted(unknown)} (known: {', '.join(MODEL_KEYS)})")
-        if m.get("path") and m.get("ref"):
-            raise BatchError(f"{source}: models[{mi}]: give 'path' or 'ref', not both")
-        for k in ("path", "ref", "name"):
+        if sum(bool(m.get(k)) for k in ("path", "ref", "url")) > 1:
+            raise BatchError(f"{source}: models[{mi}]: give one of 'path', 'ref' and 'url'")
+        if m.get("url") and m.get("server_args"):
+            raise BatchError(f"{source}: models[{mi}]: a 'url' job starts no server: server_args do not apply")
+        if m.get("model") and not m.get("url"):
+            raise BatchError(f"{source}: models[{mi}]: 'model' names a model behind a router's 'url'")
+        for k in ("path", "ref", "url", "model", "name"):
             if k in m and not isinstance(m[k], str):
                 raise BatchError(f"{source}: models[{mi}].{k} must be a string")
         model_args = m.get("server_args") or []
         if not isinstance(model_args, list) or not all(isinstance(a, str) for a in model_args):
             raise BatchError(f"{source}: models[{mi}].server_args must be a list of strings")
-        spec = m.get("ref") or _expand_path(m["path"], env, f"{source}: models[{mi}].path")
+        spec = m.get("url") or m.get("ref") or _expand_path(m["path"], env, f"{source}: models[{mi}].path")
         if m.get("path") and not os.path.isabs(spec) and "://" not in spec:
             spec = str((base_dir / spec).resolve())
-        label = m.get("name") or os.path.basename(str(spec))
+        label = m.get("name") or m.get("model") or os.path.basename(str(spec))
         for combo in itertools.product(*[vals for _, vals in axes]) if axes else [()]:
             s = dict(defaults)
             for (k, _), v in zip(axes, combo):
                 s[k] = v
             _check_settings(s, source)
             s["server_args"] = list(model_args) + list(s["server_args"])
+            if m.get("url"):
+                s["url"], s["router_model"] = m["url"], m.get("model")
             _check_server_args(s["server_args"], f"{source}: models[{mi}] ({label})")
             jid = hashlib.sha256(json.dumps({"model": spec, "settings": s}, sort_keys=True).encode()).hexdigest()[:12]
             jobs.append(Job(len(jobs), jid, spec, label, s))

@@ -82,7 +82,7 @@ def batch_cmd(args, out_dir, dry_run, shard, as_json, markdown, max_jobs):
     from ..batch import BatchRunner
     from ..batch import job_summary
     from ..bench import BenchConfig
-    from ..pipeline import RunConfig, run
+    from ..pipeline import RunConfig, attach, run
     from ..receipt import ReceiptStore
 
     store = ReceiptStore(out / "receipts")
@@ -92,11 +92,14 @@ def batch_cmd(args, out_dir, dry_run, shard, as_json, markdown, max_jobs):
         s = job.settings
         model = job.model  # a hub ref is planned from its header and downloaded only if it ships
         bench = BenchConfig(s["prompt_tokens"], s["gen_tokens"], s["repetitions"], True, tuple(s["concurrency"]))
-        res = run(RunConfig(model=model, command="batch", server_args=s["server_args"], ctx=s["ctx"],
-                            kv_type=s["kv_type"], parallel=s["parallel"], bench=bench,
-                            timeout_s=float(s["timeout_s"]), quiet=True, echo=lambda m: None,
-                            runs_root=out_dir / "runs", store=store, write_receipt=True, auto_port=True,
-                            handle_signals=False))
+        if s.get("url"):  # a running server, or one model behind a router: measured, nothing started
+            res = attach(s["url"], bench, floor_tok_s=1.0, store=store, model=s.get("router_model"))
+        else:
+            res = run(RunConfig(model=model, command="batch", server_args=s["server_args"], ctx=s["ctx"],
+                                kv_type=s["kv_type"], parallel=s["parallel"], bench=bench,
+                                timeout_s=float(s["timeout_s"]), quiet=True, echo=lambda m: None,
+                                runs_root=out_dir / "runs", store=store, write_receipt=True, auto_port=True,
+                                handle_signals=False))
         global_store.save(res.receipt)  # the batch's receipts calibrate later plans too
         o = res.outcome
         return {"ok": o.kind == "clean_stop", "receipt": str(res.receipt_path), "outcome": o.kind,

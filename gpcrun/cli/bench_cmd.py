@@ -25,6 +25,8 @@ def _csv_ints(ctx, param, value):
 @main.command("bench", context_settings={"ignore_unknown_options": True})
 @click.argument("model", required=False)
 @click.option("--url", default=None, help="Attach to a running llama-server instead of starting one.")
+@click.option("--model", "router_model", default=None, metavar="NAME",
+              help="With --url of a llama-server router: the model to measure (its name in the router's /models).")
 @click.option("-p", "--prompt-tokens", type=click.IntRange(min=1), default=512, show_default=True,
               help="Prompt length of each measured request, in tokens.")
 @click.option("-n", "--gen-tokens", type=click.IntRange(min=1), default=128, show_default=True,
@@ -48,7 +50,7 @@ def _csv_ints(ctx, param, value):
 @click.option("--json", "as_json", is_flag=True, help="Print the receipt JSON.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @click.argument("server_args", nargs=-1, type=click.UNPROCESSED)
-def bench_cmd(model, url, prompt_tokens, gen_tokens, repetitions, concurrency, no_warmup, ctx, kv_type, parallel,
+def bench_cmd(model, url, router_model, prompt_tokens, gen_tokens, repetitions, concurrency, no_warmup, ctx, kv_type, parallel,
               floor, force, server_bin, redact_paths, markdown, as_json, quiet, server_args):
     """Prefill/decode speed, TTFT and inter-token latency through the HTTP API; writes a receipt.
 
@@ -62,12 +64,14 @@ def bench_cmd(model, url, prompt_tokens, gen_tokens, repetitions, concurrency, n
 
     if not model and not url:
         raise click.UsageError("give a MODEL to start, or --url of a running server")
+    if router_model and not url:
+        raise click.UsageError("--model names a model behind a router: give the router's --url too")
     say = (lambda m: None) if quiet else (lambda m: click.echo(f"gpcrun bench: {m}", err=True))
     cfg = BenchConfig(prompt_tokens, gen_tokens, repetitions, not no_warmup, concurrency)
     if url is not None:
         say(f"benchmarking {url}: {repetitions} x prefill {prompt_tokens} + decode {gen_tokens}")
         res = attach(url, cfg, api_key=settings.api_key(parse_args(server_args)), floor_tok_s=floor,
-                     redact_paths=redact_paths, echo=say)
+                     redact_paths=redact_paths, echo=say, model=router_model)
     else:
         def on_plan(plan, changes):
             say(plan_summary(plan))

@@ -54,6 +54,10 @@ def ps_cmd(show_all, as_json):
         rows.append([r.run_id, r.command or "-", state, (r.model or "-")[-40:], r.url or "-", _uptime(r.uptime_s),
                      f"{_mib(r.server_rss_bytes)}/{_mib(planned)}", _host_line(r.last_sample),
                      str(r.server_pid or "-")])
+        for m in r.models:  # a router: each of its models, running or not
+            rows.append(["", "", f"  model {'running' if m['running'] else 'not loaded'}", str(m["model"])[-40:],
+                         "", "", f"{_mib(m['rss_bytes'])}/{_mib((m['planned_bytes'] or {}).get('CPU'))}", "",
+                         str(m["pid"] or "")])
     click.echo(table(rows, ["run", "cmd", "state", "model", "url", "up", "RSS/plan MiB", "host avail MiB", "pid"],
                      "lllllrrrr"))
 

@@ -100,6 +100,7 @@ def plan_router(sa, env: Mapping[str, str], binary: str, *, ctx=None, kv_type=No
         base = base.without(k)
     base_argv = base.argv()
     plans: list[ModelPlan] = []
+    warnings: list[str] = []
     for name, m in models.items():
         tokens, unknown = model_tokens(m, glob, g)
         msa = server_args([*tokens, *base_argv], env, binary)
@@ -116,8 +117,9 @@ def plan_router(sa, env: Mapping[str, str], binary: str, *, ctx=None, kv_type=No
             req = replace(req, host_margin_bytes=host_margin_bytes)
         plan, doc = plan_with_document(resolve_model(path), req, msa,
                                        requested={"ctx": ctx, "kv_type": kv_type, "parallel": parallel})
-        reasons = list(plan.reasons) + [f"preset key {k!r} is not a llama-server option" for k in unknown]
-        plans.append(ModelPlan(name, path, plan.verdict, reasons, doc["changes"],
+        warnings += [f"[{name}] {k}: not an option of this llama-server (llama.cpp refuses a preset key it does"
+                     " not know)" for k in unknown]
+        plans.append(ModelPlan(name, path, plan.verdict, list(plan.reasons), doc["changes"],
                                _planned_options(doc["changes"], g), _memory_rows(doc),
                                f"{name}: {summary(plan) if summary else plan.verdict}", doc))
     planned = [p for p in plans if p.memory]
@@ -143,4 +145,4 @@ def plan_router(sa, env: Mapping[str, str], binary: str, *, ctx=None, kv_type=No
     if write_max is not None:
         argv += ["--models-max", str(write_max)]
         changes.append({"flag": "--models-max", "value": str(write_max), "reason": adm.reason})
-    return RouterPlan(plans, adm, argv, text, changes, [warning] if warning else [])
+    return RouterPlan(plans, adm, argv, text, changes, warnings + ([warning] if warning else []))
