@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpcrun.router.admission import Footprint, admit, budgets, footprint_of, models_max_change
+from gpcrun.router.admission import Admission, Footprint, admit, budgets, footprint_of, models_max_change, to_unload
 from gpcrun.router.preset import (PresetError, option_tokens, parse_ini, render_ini, router_models,
                                   scan_models_dir)
 from gpcrun.server_args.grammar import table_grammar
@@ -132,6 +132,8 @@ def test_budgets_and_footprints_from_plan_rows():
 
 @pytest.mark.parametrize("models_max,all_fit,user,n,expect_write,warns", [
     (2, False, None, 3, 2, False),  # below llama-server's default 4: written
+    ((1, 3), False, None, 5, 3, False),  # sizes differ: three small ones fit, admission handles the big one
+    ((1, 5), False, None, 5, None, False),  # the smaller ones fit beyond the default: it is kept
     (4, False, None, 6, None, False),  # the default is safe: kept
     (3, True, None, 3, None, False),  # all fit: nothing to change
     (2, False, 3, 3, None, True),  # the user's value is kept, and said to be unsafe
@@ -139,6 +141,38 @@ def test_budgets_and_footprints_from_plan_rows():
     (2, False, 2, 3, None, False),
 ])
 def test_models_max_change(models_max, all_fit, user, n, expect_write, warns):
-    from gpcrun.router.admission import Admission
-    write, warning = models_max_change(Admission(models_max, {}, all_fit, "why"), user, n)
+    safe, most = models_max if isinstance(models_max, tuple) else (models_max, models_max)
+    write, warning = models_max_change(Admission(safe, {}, all_fit, "why", most), user, n)
     assert write == expect_write and bool(warning) == warns
+
+
+def test_admit_counts_the_smallest_too():
+    adm = admit([_f("big", 150), _f("a", 60), _f("b", 60)], {"CPU": 200 * MIB})
+    assert (adm.models_max, adm.most) == (1, 2)
+
+
+@pytest.mark.parametrize("loading,resident,expect", [
+    ("a", ["b"], []),  # 60 + 60 fit
+    ("big", ["a", "b"], ["a", "b"]),  # the oldest first until the big one fits
+    ("b", ["big", "a"], ["big"]),
+    ("unknown", ["a", "b"], []),  # no footprint: counts as nothing
+])
+def test_to_unload_oldest_first_until_the_load_fits(loading, resident, expect):
+    fps = {f.name: f for f in (_f("big", 150), _f("a", 60), _f("b", 60))}
+    assert to_unload(loading, resident, fps, {"CPU": 200 * MIB}) == expect
+
+
+def test_admission_steps_act_once_per_load(tmp_path):
+    from gpcrun.launch.router_admit import Admission as Loop
+    fps = {f.name: f for f in (_f("big", 150), _f("a", 60), _f("b", 60))}
+    loop = Loop("http://x", None, fps, {"CPU": 200 * MIB}, tmp_path, lambda m: None)
+    assert loop.step({"a": "loading", "b": "unloaded", "big": "unloaded"}) == []
+    assert loop.step({"a": "loaded", "b": "loading", "big": "unloaded"}) == []
+    assert loop.step({"a": "loaded", "b": "loaded", "big": "unloaded"}) == []
+    assert loop.order == ["a", "b"]
+    assert loop.step({"a": "loaded", "b": "loaded", "big": "loading"}) == [("big", "a"), ("big", "b")]
+    assert loop.step({"a": "loaded", "b": "loaded", "big": "loading"}) == []  # once per load
+    assert loop.step({"a": "unloaded", "b": "unloaded", "big": "loaded"}) == [] and loop.order == ["big"]
+    assert loop.step({"a": "loaded", "b": "unloaded", "big": "loaded"}) == [("a", "big")]  # loaded between looks
+    fresh = Loop("http://x", None, fps, {"CPU": 200 * MIB}, tmp_path, lambda m: None)
+    assert fresh.step({"a": "loaded", "b": "unloaded", "big": "loaded"}) == [("big", "a")]  # two at once

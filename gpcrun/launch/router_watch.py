@@ -55,8 +55,15 @@ class RouterGuard:
         self.first_rss: dict[int, int] = {}
         self.signalled: dict[int, str] = {}  # pid -> what was sent (unload, SIGTERM, SIGKILL)
         self.firings: list[dict] = []
+        self.admission = None  # launch/router_admit.Admission: unloads before a load that would not fit
+
+    def close(self) -> None:
+        if self.admission is not None:
+            self.admission.stop()
 
     def observe(self, models: Sequence[dict]) -> None:
+        if self.admission is not None and self.admission._thread is None:
+            self.admission.start()  # with the watchdog's first sample: the router is up
         for m in models:
             if m.get("rss_bytes") is not None:
                 self.first_rss.setdefault(m["pid"], int(m["rss_bytes"]) + int(m.get("vram_bytes") or 0))
@@ -126,4 +133,10 @@ def guard_for(url: str, api_key: str | None, opts) -> tuple[RouterGuard | None, 
     from ..server_args import ServerArgs, settings
     if settings.model_source(ServerArgs.parse(opts.argv[1:], os.environ, strict=False)).kind != "router":
         return None, None
-    return RouterGuard(url, api_key, opts.run_dir, opts.echo), models_of
+    guard = RouterGuard(url, api_key, opts.run_dir, opts.echo)
+    from .router_admit import Admission, plan_footprints
+    planned = plan_footprints(opts.run_dir)  # none under --no-plan: the count and the watchdog only
+    if planned is not None:
+        from .endpoint import session_for
+        guard.admission = Admission(url, lambda: session_for(url, api_key), *planned, opts.run_dir, opts.echo)
+    return guard, models_of

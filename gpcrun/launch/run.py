@@ -176,8 +176,7 @@ class ServerRun:
             wd = self.watchdog  # a router: stop the model that grew, not the router (blind: stop it all)
             firing = self._guard.act(action, wd.recent[-1].models if wd and wd.recent else ())
             if firing["model"] is not None:
-                self._write_incident(action, firing["sent"], firing["t_wall"],
-                                     {k: firing[k] for k in ("model", "pid", "grew_bytes")})
+                self._write_incident(action, firing["sent"], firing["t_wall"], {k: firing[k] for k in ("model", "pid")})
             return
         if action.kind != "kill" and sup.term_sent_at is not None \
                 and sup.clock() - sup.term_sent_at < self.opts.grace_s:
@@ -248,8 +247,7 @@ class ServerRun:
         return read_host_memory()
 
     def _oom_kills(self) -> int | None:
-        cg = self._host_memory().cgroup
-        return getattr(cg, "oom_kill_count", None) if cg else None
+        return getattr(self._host_memory().cgroup, "oom_kill_count", None)
 
     def attempt(self, n: int) -> Outcome:
         o = self.opts
@@ -328,6 +326,8 @@ class ServerRun:
         else:
             sup.stop("child exited", o.grace_s)
         wd.stop()
+        if self._guard is not None:
+            self._guard.close()
         oom_after = self._oom_kills()
         tail_text = self._log.recent_text()
         wa = self._watchdog_action

@@ -4,7 +4,9 @@ device can give (its capacity at plan time less the plan's margin), never the su
 llama-server's router bounds residency by a count (--models-max, default 4: common/common.h models_max; at the
 limit it unloads the least recently used idle model, server-models.cpp unload_lru). gpcrun turns memory into that
 count: the largest N such that ANY N of the models fit together, i.e. the N largest do. When models differ in
-size a count is conservative; the rest is said, not hidden.
+size that count is too strict for the small ones: the count then follows the smaller models (the N smallest
+fit) and gpcrun's admission (launch/router_admit.py, to_unload below) unloads, before a load that would not
+fit beside what is resident, the least recently loaded models until it does.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class Admission:
     budget_bytes: Mapping[str, int]  # per device: capacity less margin
     all_fit: bool  # every model resident at once fits
     reason: str
+    most: int = 0  # the largest N whose N smallest models fit together: above models_max, memory decides
 
 
 def footprint_of(name: str, memory: Sequence[dict]) -> Footprint:
@@ -53,16 +56,21 @@ def _fits(group: Sequence[Footprint], budget: Mapping[str, int]) -> bool:
     return all(sum(f.on(dev) for f in group) <= room for dev, room in budget.items())
 
 
+def _count(footprints: Sequence[Footprint], budget: Mapping[str, int], largest: bool) -> int:
+    """The largest N whose N largest (or smallest) models, taken together on each device, fit on it."""
+    best = 0
+    for n in range(1, len(footprints) + 1):
+        if not all(sum(sorted((f.on(dev) for f in footprints), reverse=largest)[:n]) <= room
+                   for dev, room in budget.items()):
+            break
+        best = n
+    return best
+
+
 def admit(footprints: Sequence[Footprint], budget: Mapping[str, int]) -> Admission:
     """The count the router may hold: for each N, the N largest on each device taken together must fit on it."""
     n_models = len(footprints)
-    best = 0
-    for n in range(1, n_models + 1):
-        ok = all(sum(sorted((f.on(dev) for f in footprints), reverse=True)[:n]) <= room
-                 for dev, room in budget.items())
-        if not ok:
-            break
-        best = n
+    best = _count(footprints, budget, largest=True)
     all_fit = _fits(footprints, budget)
     if n_models == 0:
         return Admission(0, dict(budget), True, "no models")
@@ -75,21 +83,41 @@ def admit(footprints: Sequence[Footprint], budget: Mapping[str, int]) -> Admissi
         some = "only one model at a time fits" if best == 1 else f"any {best} of the {n_models} models fit together"
         reason = (f"{some}, the {best + 1} largest together do not"
                   f" ({tight}: {budget[tight] / 2**30:.2f} GiB after the margin)")
-    return Admission(best, dict(budget), all_fit, reason)
+    return Admission(best, dict(budget), all_fit, reason, _count(footprints, budget, largest=False))
+
+
+def to_unload(loading: str, resident: Sequence[str], footprints: Mapping[str, Footprint],
+              budget: Mapping[str, int]) -> list[str]:
+    """Which resident models (oldest first in `resident`) to unload so that `loading` fits beside the rest: none
+    when it fits; the oldest first until it does (a model without a footprint counts as nothing)."""
+    group = [footprints[n] for n in (loading, *resident) if n in footprints]
+    out: list[str] = []
+    for name in resident:
+        if _fits(group, budget):
+            break
+        if name in footprints:
+            group.remove(footprints[name])
+            out.append(name)
+    return out
 
 
 def models_max_change(adm: Admission, user_value: int | None, n_models: int) -> tuple[int | None, str | None]:
     """(the --models-max gpcrun writes or None, a warning or None). The user's value is never overridden: a value
-    that lets more models in than fit is said as a warning. llama-server's default (4) is kept when it is safe."""
+    that lets more models in than are sure to fit is said as a warning (gpcrun's admission unloads before a load
+    that would not fit). Without one: the count of models that fit together (of the smaller ones, when sizes
+    differ: memory then decides each load), written only when below llama-server's default (4)."""
     if user_value is not None:
         limit = user_value if user_value > 0 else n_models  # 0 = unlimited
         if limit > adm.models_max and not adm.all_fit:
             return None, (f"--models-max {user_value} lets {min(limit, n_models)} models load together but only "
                           f"{adm.models_max} {'is' if adm.models_max == 1 else 'are'} sure to fit ({adm.reason});"
-                          " gpcrun keeps your value and its watchdog unloads the model that grows past the memory"
-                          " line")
+                          " gpcrun keeps your value and unloads the least recently loaded models before a load"
+                          " that would not fit")
         return None, None
     default = min(LLAMA_MODELS_MAX_DEFAULT, n_models)
     if adm.all_fit or adm.models_max >= default:
         return None, None
-    return max(1, adm.models_max), None
+    # models of different sizes: up to `most` of the smaller ones fit together, so the count follows them and
+    # gpcrun's admission unloads before a load that would not fit (launch/router_admit.py)
+    target = min(max(adm.most, adm.models_max), default)
+    return (None if target >= default else max(1, target)), None

@@ -58,8 +58,8 @@ class RouterPlan:
         a = self.admission
         return {"schema": "gpcrun.router-plan/1", "verdict": self.verdict, "reasons": self.reasons,
                 "models": [m.to_json() for m in self.models],
-                "admission": {"models_max": a.models_max, "budget_bytes": dict(a.budget_bytes), "all_fit": a.all_fit,
-                              "reason": a.reason},
+                "admission": {"models_max": a.models_max, "most": a.most, "budget_bytes": dict(a.budget_bytes),
+                              "all_fit": a.all_fit, "reason": a.reason},
                 "argv": self.argv, "changes": self.changes, "warnings": self.warnings}
 
 
@@ -92,7 +92,8 @@ def _memory_rows(doc: dict) -> list[dict]:
 def plan_router(sa, env: Mapping[str, str], binary: str, *, ctx=None, kv_type=None, parallel=None, floor=1.0,
                 margin_mib=None, host_margin_bytes=None, summary=None) -> RouterPlan:
     """Plan each model of the router (`sa`: the user's ServerArgs) and the preset and argv that start it."""
-    from ..planning import build_request, plan_with_document, resolve_model, server_args
+    from ..planning import (build_request, build_target, model_head_dims, model_types, plan_with_document,
+                            resolve_model, server_args)
     g = sa.grammar
     glob, models = router_models(sa.value("models-dir"), sa.value("models-preset"))
     base = sa
@@ -101,6 +102,7 @@ def plan_router(sa, env: Mapping[str, str], binary: str, *, ctx=None, kv_type=No
     base_argv = base.argv()
     plans: list[ModelPlan] = []
     warnings: list[str] = []
+    todo = []
     for name, m in models.items():
         tokens, unknown = model_tokens(m, glob, g)
         msa = server_args([*tokens, *base_argv], env, binary)
@@ -112,16 +114,23 @@ def plan_router(sa, env: Mapping[str, str], binary: str, *, ctx=None, kv_type=No
             continue
         if not os.path.isabs(path) and m.source == "preset":
             path = os.path.abspath(path)  # preset paths are relative to the server's CWD: gpcrun's own
+        warnings += [f"[{name}] {k}: not an option of this llama-server (llama.cpp refuses a preset key it does"
+                     " not know)" for k in unknown]
+        todo.append((name, path, msa, resolve_model(path)))
+    # one reading of the machine for every model: the memory they share is the same snapshot
+    target = build_target(types=sorted({t for *_, r in todo for t in model_types(r.info)}),
+                          head_dims=sorted({h for *_, r in todo for h in model_head_dims(r.info)})) if todo else None
+    for name, path, msa, resolved in todo:
         req = build_request(ctx, kv_type, parallel, floor, margin_mib, msa)
         if host_margin_bytes is not None:  # planner and watchdog agree: the host margin is the SIGTERM line
             req = replace(req, host_margin_bytes=host_margin_bytes)
-        plan, doc = plan_with_document(resolve_model(path), req, msa,
+        plan, doc = plan_with_document(resolved, req, msa, target=target,
                                        requested={"ctx": ctx, "kv_type": kv_type, "parallel": parallel})
-        warnings += [f"[{name}] {k}: not an option of this llama-server (llama.cpp refuses a preset key it does"
-                     " not know)" for k in unknown]
         plans.append(ModelPlan(name, path, plan.verdict, list(plan.reasons), doc["changes"],
                                _planned_options(doc["changes"], g), _memory_rows(doc),
                                f"{name}: {summary(plan) if summary else plan.verdict}", doc))
+    order = list(models)
+    plans.sort(key=lambda p: order.index(p.name))
     planned = [p for p in plans if p.memory]
     adm = admit([footprint_of(p.name, p.memory) for p in planned if p.verdict == "ship"],
                 budgets([p.memory for p in planned]))
