@@ -18,7 +18,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gpcrun.calibrate.synth import Shape, _kvs, _shapes  # noqa: E402
+from gpcrun.calibrate.synth import Shape, _shapes, _write  # noqa: E402
 
 N_VOCAB = 512  # <unk> <s> </s>, the 256 byte tokens of SPM's byte fallback, then plain pieces
 
@@ -46,18 +46,7 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, [0.0] * 259 + [-float(i) for i in range(N_VOCAB - 259)], types
 
 
-def _write(path: Path, shape: Shape, n_layer: int, layer: dict, other: dict) -> None:
-    from gguf import GGUFWriter
-    w = GGUFWriter(str(path), shape.arch)
-    for k, v in (_kvs(shape, n_layer) | {f"{shape.arch}.vocab_size": N_VOCAB}).items():
-        if k == "tokenizer.ggml.model":
-            continue
-        if isinstance(v, str):
-            w.add_string(k, v)
-        elif isinstance(v, float):
-            w.add_float32(k, v)
-        else:
-            w.add_uint32(k, v)
+def _tokenizer(w) -> None:
     tokens, scores, types = _vocab()
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
@@ -66,15 +55,6 @@ def _write(path: Path, shape: Shape, n_layer: int, layer: dict, other: dict) -> 
     w.add_unk_token_id(0)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
-    for name, (data, t) in other.items():
-        w.add_tensor(name, data, raw_dtype=t)
-    for il in range(n_layer):
-        for name, (data, t) in layer.items():
-            w.add_tensor(f"blk.{il}.{name}", data, raw_dtype=t)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
 
 
 def write_model(path: Path, shape: Shape, n_layer: int, seed: int = 0) -> int:
@@ -91,7 +71,8 @@ def write_model(path: Path, shape: Shape, n_layer: int, seed: int = 0) -> int:
              "output_norm.weight": (np.ones(e, np.float32), F32), "output.weight": (q4_0((N_VOCAB, e), rng), Q4_0)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    _write(tmp, shape, n_layer, layer, other)
+    _write(tmp, shape, n_layer, layer, other, {f"{shape.arch}.vocab_size": N_VOCAB, "tokenizer.ggml.model": None},
+           _tokenizer)
     tmp.rename(path)
     return path.stat().st_size
 

@@ -83,17 +83,23 @@ def _shapes(shape: Shape) -> dict[str, tuple[int, ...]]:
     return s
 
 
-def _write(path: Path, shape: Shape, n_layer: int, layer: dict[str, tuple[np.ndarray, int]], other: dict) -> None:
-    """other/layer: name -> (data as stored, raw ggml type id); layer tensors are repeated n_layer times."""
+def _write(path: Path, shape: Shape, n_layer: int, layer: dict[str, tuple[np.ndarray, int]], other: dict,
+           kvs: dict | None = None, tokenizer=None) -> None:
+    """other/layer: name -> (data as stored, raw ggml type id); layer tensors are repeated n_layer times. kvs:
+    metadata over _kvs' (a key set to None is left out); tokenizer(writer): a vocabulary instead of no_vocab."""
     from gguf import GGUFWriter
     w = GGUFWriter(str(path), shape.arch)
-    for k, v in _kvs(shape, n_layer).items():
+    for k, v in (_kvs(shape, n_layer) | (kvs or {})).items():
+        if v is None:
+            continue
         if isinstance(v, str):
             w.add_string(k, v)
         elif isinstance(v, float):
             w.add_float32(k, v)
         else:
             w.add_uint32(k, v)
+    if tokenizer is not None:
+        tokenizer(w)
     for name, (data, t) in other.items():
         w.add_tensor(name, data, raw_dtype=t)
     for il in range(n_layer):
