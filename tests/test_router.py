@@ -68,6 +68,7 @@ def test_router_models_are_planned_listed_benched_and_leave_nothing_after_kill_9
                                                                                 tiny_models):
     env = _env(tmp_path, llama_server_bin)
     d = _models_dir(tmp_path, tiny_models, "q8_0")
+    (d / "broken.gguf").write_bytes(b"GGUF" + bytes(20))  # unreadable: that one is not planned, the rest is
     proc, url = serve_until_ready(["--", "--models-dir", str(d), "--port", str(free_port()), "-t", "1", "-tb", "1"],
                                   env)
     try:
@@ -78,7 +79,9 @@ def test_router_models_are_planned_listed_benched_and_leave_nothing_after_kill_9
         assert preset.count("fit = off") == 3
         plan = json.loads((run / "plan.json").read_text())
         assert plan["schema"] == "gpcrun.router-plan/1" and plan["verdict"] == "ship"
-        assert {m["name"] for m in plan["models"]} == set(NAMES)
+        verdicts = {m["name"]: m["verdict"] for m in plan["models"]}
+        assert verdicts == {**{n: "ship" for n in NAMES}, "broken": "unplanned"}, verdicts
+        assert any(w.startswith("broken: not planned") for w in plan["warnings"])
         listed = {m["id"] for m in requests.get(url + "/models", timeout=10).json()["data"]}
         assert set(NAMES) <= listed
         for i in range(12):  # alternate: the router loads each on demand
@@ -87,7 +90,7 @@ def test_router_models_are_planned_listed_benched_and_leave_nothing_after_kill_9
         loaded = [m for m in requests.get(url + "/models", timeout=10).json()["data"] if m["status"]["value"] == "loaded"]
         assert loaded and all("--fit" in m["status"]["args"] for m in loaded)  # the children run the plan
         ps = json.loads(_gpcrun("ps", "--json", env=env).stdout)["runs"][0]
-        assert ps["model"] == "router: 3 models" and {m["model"] for m in ps["models"]} == set(NAMES)
+        assert ps["model"] == "router: 4 models" and {m["model"] for m in ps["models"]} == {*NAMES, "broken"}
         assert any(m["running"] and m["rss_bytes"] for m in ps["models"])
         b = _gpcrun("bench", "--url", url, "--model", "llama", "-p", "32", "-n", "8", "-r", "1", "--quiet", env=env)
         assert b.returncode == 0, b.stdout + b.stderr
@@ -146,18 +149,21 @@ def test_admission_unloads_before_a_load_that_would_not_fit(tmp_path, llama_serv
     for name, key in (("gemma", "tiny-gemma3-f16"), ("llama", "tiny-llama-q8_0"), ("qwen3moe", "tiny-qwen3moe-q8_0")):
         (d / f"{name}.gguf").symlink_to(tiny_models[key])
     from gpcrun.hardware.host import read_host_memory
-    room_mib = 171  # what the host can give gpcrun's plan: the SIGTERM line set that far below what is free now
-    for attempt in (1, 2):  # gpcrun's own start-up takes some of it: measured on the first start, made up once
+    # what the host gives the plan: the SIGTERM line set `room` under what is free now; the window where the two
+    # small ones fit together and the big one only alone is 150-194 MiB. gpcrun's own start-up (and, on a fresh
+    # clone, the caches it writes first) takes some of the room: each start measures it and the next makes it up
+    room_mib = 172
+    for attempt in range(4):
         line_mib = (read_host_memory().effective_available_bytes >> 20) - room_mib
         proc, url = serve_until_ready(["--min-host-available", str(line_mib), "--", "--models-dir", str(d), "--port",
                                        str(free_port()), "-t", "1", "-tb", "1"], env)
         run = max(Path(env["GPCRUN_HOME"], "runs").iterdir())
         plan = json.loads((run / "plan.json").read_text())
         budget_mib = plan["admission"]["budget_bytes"]["CPU"] >> 20
-        if 155 <= budget_mib <= 188 or attempt == 2:
+        if 156 <= budget_mib <= 188 or attempt == 3:
             break
         stop_serve(proc)
-        room_mib += 171 - budget_mib
+        room_mib += 172 - budget_mib
     try:
         assert (plan["admission"]["models_max"], plan["admission"]["most"]) == (1, 2), plan["admission"]
         argv = json.loads((run / "argv.json").read_text())

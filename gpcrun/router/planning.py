@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
+from ..errors import GpcrunError
 from .admission import Admission, admit, budgets, footprint_of, models_max_change
 from .preset import GLOBAL_SECTION, ROUTER_OWNED, model_tokens, parse_ini, render_ini, router_models
 
@@ -116,7 +117,11 @@ def plan_router(sa, env: Mapping[str, str], binary: str, *, ctx=None, kv_type=No
             path = os.path.abspath(path)  # preset paths are relative to the server's CWD: gpcrun's own
         warnings += [f"[{name}] {k}: not an option of this llama-server (llama.cpp refuses a preset key it does"
                      " not know)" for k in unknown]
-        todo.append((name, path, msa, resolve_model(path)))
+        try:
+            todo.append((name, path, msa, resolve_model(path)))
+        except GpcrunError as e:  # one unreadable file: that model unplanned (llama.cpp fails it at its load)
+            warnings.append(f"{name}: not planned: {e}")
+            plans.append(ModelPlan(name, path, "unplanned", [str(e)], [], {}, [], f"{name}: unplanned ({e})"))
     # one reading of the machine for every model: the memory they share is the same snapshot
     target = build_target(types=sorted({t for *_, r in todo for t in model_types(r.info)}),
                           head_dims=sorted({h for *_, r in todo for h in model_head_dims(r.info)})) if todo else None
