@@ -166,6 +166,15 @@ def _fmt(v: Any, unit: str = "") -> str:
     return f"{v}{unit}"
 
 
+def _table(title: str, rows: Sequence[Mapping], cols: Sequence[tuple[str, str, str | None]]) -> list[str]:
+    """A titled Markdown table of rows: (header, key, unit) per column; unit None: the value as it is."""
+    if not rows:
+        return []
+    out = ["", f"## {title}", "", "| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
+    return out + ["| " + " | ".join(str(r[k]) if u is None else _fmt(r[k], u) for _, k, u in cols) + " |"
+                  for r in rows]
+
+
 def render_markdown(report: Mapping) -> str:
     """The report as a GitHub-ready summary: each step's status, then its figures."""
     out = [f"# gpcrun GPU check — {report.get('machine', 'unknown machine')}", "",
@@ -177,20 +186,15 @@ def render_markdown(report: Mapping) -> str:
 
     def step(kind: str) -> dict:  # "vram", or "recorded vram" in a self-test
         return next((v for k, v in steps.items() if k.split()[-1] == kind and isinstance(v, dict)), {})
-    rows = step("vram").get("rows") or []
-    if rows:
-        out += ["", "## VRAM: plan vs llama.cpp vs NVML", "", "| placement | plan self | llama.cpp self | NVML"
-                " process | CUDA overhead | plan error |", "|---|---|---|---|---|---|"]
-        out += [f"| {r['placement']} | {_fmt(r['plan_self_bytes'], 'MiB')} | {_fmt(r['llama_self_bytes'], 'MiB')} |"
-                f" {_fmt(r['nvml_process_bytes'], 'MiB')} | {_fmt(r['cuda_overhead_bytes'], 'MiB')} |"
-                f" {_fmt(r['plan_error_pct'], ' %')} |" for r in rows]
-    rows = step("speed").get("rows") or []
-    if rows:
-        out += ["", "## Speed: forecast vs measured", "", "| placement | decode forecast | decode measured | error |"
-                " prefill forecast | prefill measured | error |", "|---|---|---|---|---|---|---|"]
-        out += [f"| {r['placement']} | {_fmt(r['decode_forecast'])} | {_fmt(r['decode_measured'])} |"
-                f" {_fmt(r['decode_error_pct'], ' %')} | {_fmt(r['prefill_forecast'])} |"
-                f" {_fmt(r['prefill_measured'])} | {_fmt(r['prefill_error_pct'], ' %')} |" for r in rows]
+    out += _table("VRAM: plan vs llama.cpp vs NVML", step("vram").get("rows") or [], (
+        ("placement", "placement", None), ("plan self", "plan_self_bytes", "MiB"),
+        ("llama.cpp self", "llama_self_bytes", "MiB"), ("NVML process", "nvml_process_bytes", "MiB"),
+        ("CUDA overhead", "cuda_overhead_bytes", "MiB"), ("plan error", "plan_error_pct", " %")))
+    out += _table("Speed: forecast vs measured", step("speed").get("rows") or [], (
+        ("placement", "placement", None), ("decode forecast", "decode_forecast", ""),
+        ("decode measured", "decode_measured", ""), ("error", "decode_error_pct", " %"),
+        ("prefill forecast", "prefill_forecast", ""), ("prefill measured", "prefill_measured", ""),
+        ("error", "prefill_error_pct", " %")))
     wd = step("watchdog").get("row")
     if wd:
         out += ["", "## VRAM watchdog", "", f"fired: {wd['fired']} ({wd['rule']}, {wd['signal']}); breach to"

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -41,7 +40,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _procs import stop_group  # noqa: E402
 from gpcrun.launch.binary import find_tool  # noqa: E402
 from gpcrun.model import load_model  # noqa: E402
 from gpcrun.plan import (EXPS_REGEX, MIB, DeviceTarget, LayoutTable, Placement, Request, Target,  # noqa: E402
@@ -70,16 +71,7 @@ def free_port() -> int:
 
 def _stop(proc: subprocess.Popen) -> None:
     """SIGTERM the process group we started, then reap; SIGKILL after a bounded wait."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_group(proc, 10)
 
 
 class RpcServer:

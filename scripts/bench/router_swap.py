@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from gpcrun.launch.binary import find_tool  # noqa: E402
 from gpcrun.launch.run import free_port  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procs import stop_group  # noqa: E402
 
 MODELS = {"gemma": "tiny-gemma3-f16", "llama": "tiny-llama-f16", "qwen3moe": "tiny-qwen3moe-f16"}
 
@@ -65,12 +67,7 @@ def _one_run(argv: list[str], port: int, env: dict, n: int) -> dict[str, list[fl
             out[name].append(time.monotonic() - t)
         return out
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, 30)
 
 
 def main() -> int:

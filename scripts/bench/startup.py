@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,9 @@ sys.path.insert(0, str(ROOT))
 
 from gpcrun.launch.binary import find_tool  # noqa: E402
 from gpcrun.launch.run import free_port  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procs import stop_group  # noqa: E402
 
 
 def _ready_s(argv: list[str], port: int, env: dict, timeout_s: float = 60.0) -> float:
@@ -42,12 +44,7 @@ def _ready_s(argv: list[str], port: int, env: dict, timeout_s: float = 60.0) -> 
             time.sleep(0.005)
         raise TimeoutError(" ".join(argv))
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, 15)
 
 
 def main() -> int:
