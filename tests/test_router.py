@@ -89,9 +89,12 @@ def test_router_models_are_planned_listed_benched_and_leave_nothing_after_kill_9
             assert r.status_code == 200, r.text
         loaded = [m for m in requests.get(url + "/models", timeout=10).json()["data"] if m["status"]["value"] == "loaded"]
         assert loaded and all("--fit" in m["status"]["args"] for m in loaded)  # the children run the plan
-        ps = json.loads(_gpcrun("ps", "--json", env=env).stdout)["runs"][0]
+        def ps_seeing_a_running_model():  # `ps` reads the watchdog's last sample: up to a poll interval late
+            run = json.loads(_gpcrun("ps", "--json", env=env).stdout)["runs"][0]
+            return run if any(m["running"] and m["rss_bytes"] for m in run["models"]) else None
+        ps = wait_until(ps_seeing_a_running_model, 10, 0.2)
+        assert ps, "gpcrun ps never showed a running model with its RSS"
         assert ps["model"] == "router: 4 models" and {m["model"] for m in ps["models"]} == {*NAMES, "broken"}
-        assert any(m["running"] and m["rss_bytes"] for m in ps["models"])
         b = _gpcrun("bench", "--url", url, "--model", "llama", "-p", "32", "-n", "8", "-r", "1", "--quiet", env=env)
         assert b.returncode == 0, b.stdout + b.stderr
         nb = _gpcrun("bench", "--url", url, "-p", "32", "-n", "8", "-r", "1", "--quiet", env=env)
