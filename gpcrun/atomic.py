@@ -71,6 +71,16 @@ def open_private(path: Path | str, mode: str = "a"):
     return os.fdopen(fd, mode)
 
 
+def append_json_line(path: Path | str, row) -> bool:
+    """One JSON document as a line of a private log (open_private); False when the disk refuses it."""
+    try:
+        with open_private(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        return True
+    except OSError:
+        return False
+
+
 def read_json_bounded(path: Path | str, max_bytes: int = 1 << 20):
     """A small JSON document gpcrun wrote itself, never following a planted link, at most max_bytes read
     (ValueError past it or when it is not JSON; OSError when it cannot be opened)."""

@@ -38,3 +38,11 @@ def _summary(plan) -> str:
         if f.decode_tok_s is not None else "unknown"
     return (f"plan: {plan.verdict}: ctx {p.ctx}, KV {p.type_k}, -ngl {p.ngl}"
             + (f", --n-cpu-moe {p.n_cpu_moe}" if p.n_cpu_moe else "") + f"; {mem}; decode forecast {fc}")
+
+
+def render_changes(changes: list[dict]) -> str:
+    """What gpcrun adds to the user's llama-server command line, one line each with its reason."""
+    if not changes:
+        return "changes: none (llama-server runs exactly your command line)"
+    return "changes to your llama-server command line:\n" + "\n".join(
+        f"  + {c['flag']} {c['value']}: {c['reason']}" for c in changes)

@@ -46,7 +46,7 @@ def plan_cmd(model, ctx, kv_type, parallel, floor, margin, vram, gpu, refresh, p
     from ..planning import (build_request, build_target, model_head_dims, model_types, plan_with_document,
                             resolve_model, shown_plan)
     from ..planning import server_args as parse_args
-    from .serve_cmd import render_changes
+    from ..fmt import render_changes
     sa = parse_args(list(server_args), os.environ)
     req = build_request(ctx, kv_type, parallel, floor, margin, sa)
     resolved = resolve_model(model)

@@ -7,7 +7,7 @@ import time
 
 import click
 
-from ..fmt import plan_summary
+from ..fmt import plan_summary, render_changes
 from ..model import KV_CACHE_TYPES
 from .main import main
 from .params import FiniteFloat
@@ -133,11 +133,3 @@ def _llama_server_help(server_bin) -> None:
 
     from ..launch.binary import find_tool
     sys.exit(subprocess.run([str(find_tool("llama-server", server_bin)), "--help"]).returncode)
-
-
-def render_changes(changes: list[dict]) -> str:
-    """What gpcrun adds to the user's llama-server command line, one line each with its reason."""
-    if not changes:
-        return "changes: none (llama-server runs exactly your command line)"
-    return "changes to your llama-server command line:\n" + "\n".join(
-        f"  + {c['flag']} {c['value']}: {c['reason']}" for c in changes)

@@ -10,14 +10,14 @@ lands before most of its memory does (a model that loads between two looks is ca
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Mapping
 
-from ..atomic import open_private, read_json_bounded
+from ..atomic import append_json_line, read_json_bounded
 from ..router.admission import Footprint, footprint_of, to_unload
+from .router_watch import unload_model
 
 POLL_S = 0.25
 RESIDENT = ("loaded", "sleeping")
@@ -48,9 +48,7 @@ class Admission:
         self.run_dir = run_dir
         self.echo = echo
         self.order: list[str] = []  # resident models, least recently loaded first
-        self.status: dict[str, str] = {}
         self.unloading: set[str] = set()
-        self.unloads: list[dict] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -62,7 +60,6 @@ class Admission:
         self.unloading &= {n for n, st in statuses.items() if st in active}  # asked to go, not gone yet
         new = [n for n, st in statuses.items() if st in active and n not in self.order and n not in self.unloading]
         self.order = [n for n in self.order if statuses.get(n) in active] + new
-        self.status = dict(statuses)
         if not new:
             return []
         newest = new[-1]
@@ -96,20 +93,9 @@ class Admission:
         if self._thread:
             self._thread.join(5)
 
-    def _record(self, row: dict) -> None:
-        self.unloads.append(row)
-        try:
-            with open_private(self.run_dir / "admissions.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-        except OSError:
-            pass
-
     def _unload(self, s, loading: str, victim: str) -> None:
-        ok = False
-        try:
-            ok = s.post(self.url + "/models/unload", json={"model": victim}, timeout=5).status_code == 200
-        except Exception:  # noqa: BLE001 - said below; the watchdog is the backstop
-            pass
+        ok = unload_model(s, self.url, victim, timeout_s=5)
         self.echo(f"gpcrun: admission: {loading} is loading and would not fit beside {victim}: "
                   + ("unloaded it first" if ok else "could not unload it (the watchdog still guards memory)"))
-        self._record({"t_wall": time.time(), "loading": loading, "unloaded": victim, "ok": ok})
+        append_json_line(self.run_dir / "admissions.jsonl", {"t_wall": time.time(), "loading": loading,
+                                                             "unloaded": victim, "ok": ok})

@@ -6,13 +6,12 @@ kill line is crossed. The router then serves the other models on, and loads that
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 from typing import Callable, Sequence
 
-from ..atomic import open_private
+from ..atomic import append_json_line
 
 
 def alias_of(argv: Sequence[str]) -> str | None:
@@ -27,6 +26,15 @@ def models_of(router_pid: int) -> list[tuple[int, str]]:
     """(pid, model name) of each model instance the router runs now."""
     from ..hardware.host import child_processes
     return [(pid, name) for pid, argv in child_processes(router_pid) if (name := alias_of(argv))]
+
+
+def unload_model(session, url: str, name: str, timeout_s: float) -> bool:
+    """POST /models/unload for one model of the router (server-models.cpp: it sends the child its exit command);
+    False on any failure, the callers' cue for their fallback."""
+    try:
+        return session.post(url + "/models/unload", json={"model": name}, timeout=timeout_s).status_code == 200
+    except Exception:  # noqa: BLE001 - a refused connection, a timeout, the router stopping
+        return False
 
 
 def pick_victim(first_rss: dict[int, int], models: Sequence[dict]) -> dict | None:
@@ -70,12 +78,8 @@ class RouterGuard:
 
     def _unload_http(self, name: str) -> bool:
         from .endpoint import session_for
-        try:
-            with session_for(self.url, self.api_key) as s:
-                r = s.post(self.url + "/models/unload", json={"model": name}, timeout=2)
-                return r.status_code == 200
-        except Exception:  # noqa: BLE001 - any failure means: signal the child instead
-            return False
+        with session_for(self.url, self.api_key) as s:
+            return unload_model(s, self.url, name, timeout_s=2)  # False: signal the child instead
 
     def act(self, action, models: Sequence[dict]) -> dict:
         """Stop the child that grew; with no model loaded, say so and stop nothing (the router alone holds next
@@ -120,11 +124,7 @@ class RouterGuard:
         return firing
 
     def _log(self, firing: dict) -> None:
-        try:
-            with open_private(self.run_dir / "incidents.jsonl", "a") as f:
-                f.write(json.dumps(firing) + "\n")
-        except OSError:
-            pass
+        append_json_line(self.run_dir / "incidents.jsonl", firing)
 
 
 def guard_for(url: str, api_key: str | None, opts) -> tuple[RouterGuard | None, Callable | None]:

@@ -45,7 +45,7 @@ def render_router_plan(rp) -> str:
             lines.append(f"      + {c['flag']} {c['value']}: {c['reason']}")
         if m.verdict != "ship":
             lines += [f"      - {r}" for r in m.reasons]
-    lines.append("changes to your llama-server command line:")
-    lines += [f"  + {c['flag']} {c['value']}: {c['reason']}" for c in rp.changes]
+    from ..fmt import render_changes
+    lines.append(render_changes(rp.changes))
     lines += [f"gpcrun: warning: {w}" for w in rp.warnings]
     return "\n".join(lines)
